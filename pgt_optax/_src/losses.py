@@ -59,73 +59,113 @@ def _compute_dtype(dtype) -> jnp.dtype:
   return jnp.dtype(jnp.float32) if dtype in _LOW_PRECISION else jnp.dtype(dtype)
 
 
-def _normalizers(logits: Array, alpha: Array, axis: int):
-  """Returns the shared max and both log-normalisers of a row of logits.
+# Both cores make five passes over the logits for value and gradient:
+# 1. the row max;
+# 2. the value's sum of exp(z - max), one fused reduction that writes nothing;
+# 3. the weights exp(alpha * (z - max)), written once;
+# 4. the weights' sum;
+# 5. the gradient, cotangent * (weights / sum - labels), which float32 logits
+#    get written over the weights.
+# Plain cross-entropy makes the same passes except the second, because its
+# value and gradient share exp(z - max). Probability labels add a pass for the
+# label-weighted logits and read the labels three times.
+# benchmarks/loss_speed.py times the passes against optax.
 
-  ``max(alpha * z) == alpha * max(z)`` for ``alpha >= 0``, so one max pass
-  serves both softmaxes, and the two sums of exponentials read the same shifted
-  logits. Entries equal to ``-inf`` stay ``-inf`` after scaling, also at
-  ``alpha = 0``, where ``0 * -inf`` would otherwise be NaN.
+
+def _row_max(logits, axis):
+  """Returns the max over ``axis``, kept as a size-1 axis, in the compute dtype.
+
+  The max is taken in the logits' own dtype, where it is exact, so that
+  low-precision logits are converted only inside the passes that read them.
+  A row without a finite max (all -inf, or holding inf or NaN) is shifted by
+  0, which keeps its -inf entries -inf and its NaN entries NaN.
   """
   row_max = jnp.max(logits, axis=axis, keepdims=True)
-  # A row of only -inf logits has no finite max; shifting by 0 keeps it -inf.
-  row_max = jnp.where(jnp.isfinite(row_max), row_max, 0.0)
-  shifted = logits - row_max
-  scaled = jnp.where(shifted == -jnp.inf, -jnp.inf, alpha * shifted)
-  log_normalizer = jnp.log(jnp.sum(jnp.exp(shifted), axis=axis, keepdims=True))
-  log_normalizer_alpha = jnp.log(
-      jnp.sum(jnp.exp(scaled), axis=axis, keepdims=True))
-  return shifted, scaled, log_normalizer, log_normalizer_alpha
+  row_max = row_max.astype(_compute_dtype(logits.dtype))
+  return jnp.where(jnp.isfinite(row_max), row_max, 0.0)
 
 
-def _transformed_probabilities(logits, alpha, axis):
-  """Returns ``softmax(alpha * logits)`` and the ordinary log-normaliser."""
-  shifted, scaled, log_normalizer, log_normalizer_alpha = _normalizers(
-      logits, alpha, axis)
-  return shifted, log_normalizer, jnp.exp(scaled - log_normalizer_alpha)
+def _unshared(*arrays):
+  """Returns ``arrays`` as values whose users XLA does not merge with others'.
+
+  XLA:CPU (jax 0.10) fuses a reduction with the elementwise ops that feed it
+  only if nothing else uses those ops, and otherwise first writes them to
+  memory. Common-subexpression elimination would share a pass's conversion or
+  shift with another pass's. An optimization barrier gives the pass its own.
+  """
+  return jax.lax.optimization_barrier(arrays)
 
 
-# Integer labels. The core works on a compute-dtype copy of the logits and
-# labels already checked for range; the public wrapper handles masks.
+def _log_normalizer(logits, row_max, axis):
+  """Returns ``log(sum(exp(logits - row_max)))`` over ``axis``."""
+  logits, row_max = _unshared(logits, row_max)
+  shifted = logits.astype(row_max.dtype) - row_max
+  return jnp.log(jnp.sum(jnp.exp(shifted), axis=axis))
+
+
+def _scaled_exp(logits, row_max, alpha):
+  """Returns ``exp(alpha * (logits - row_max))``, the unnormalised PGT weights.
+
+  ``max(alpha * z) == alpha * max(z)`` for ``alpha >= 0``, so the shared row
+  max also shifts the scaled logits. -inf logits get weight 0, also at
+  ``alpha = 0``.
+  """
+  # 0 * -inf is NaN, so alpha is raised to at least the smallest normal float,
+  # which keeps -inf logits at weight 0. For a smaller alpha (0 included) this
+  # changes a weight only where the logits span more than 2**101 (float32).
+  # A select at -inf would do the same, but made this pass 30 to 50% slower on
+  # XLA:CPU (jax 0.10).
+  dtype = row_max.dtype
+  alpha = jnp.maximum(alpha.astype(dtype), jnp.finfo(dtype).tiny)
+  return jnp.exp(alpha * (logits.astype(dtype) - row_max))
+
+
+# Integer labels. The public wrapper handles masks; out-of-range labels reach
+# the core and give NaN rows.
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(3,))
 def _integer_core(logits, labels, alpha, axis):
   del alpha  # The value is the ordinary cross-entropy.
-  compute_logits = logits.astype(_compute_dtype(logits.dtype))
-  row_max = jnp.max(compute_logits, axis=axis, keepdims=True)
-  row_max = jnp.where(jnp.isfinite(row_max), row_max, 0.0)
-  shifted = compute_logits - row_max
-  log_normalizer = jnp.log(jnp.sum(jnp.exp(shifted), axis=axis, keepdims=True))
+  return _integer_loss(logits, labels, axis)[0]
+
+
+def _integer_loss(logits, labels, axis):
+  """Returns the loss in the logits' dtype and what the jvp rule reuses.
+
+  Returns:
+    ``(loss, row_max, valid, label_index)``: ``valid`` is True where a label
+    lies in ``[0, C)`` and ``label_index`` contains the labels, with 0 in
+    place of invalid ones, as a size-1 ``axis``.
+  """
+  row_max = _row_max(logits, axis)
+  log_normalizer = _log_normalizer(logits, row_max, axis)
   valid = _valid_labels(labels, logits.shape[axis])
-  label_shifted = jnp.take_along_axis(
-      shifted, jnp.expand_dims(jnp.where(valid, labels, 0), axis), axis=axis)
-  loss = jnp.squeeze(log_normalizer - label_shifted, axis)
-  return jnp.where(valid, loss, jnp.nan).astype(logits.dtype)
+  label_index = jnp.expand_dims(jnp.where(valid, labels, 0), axis)
+  label_logit = jnp.take_along_axis(logits, label_index, axis=axis)
+  label_shifted = jnp.squeeze(label_logit.astype(row_max.dtype) - row_max, axis)
+  loss = jnp.where(valid, log_normalizer - label_shifted, jnp.nan)
+  return loss.astype(logits.dtype), row_max, valid, label_index
 
 
 @functools.partial(_integer_core.defjvp, symbolic_zeros=True)
 def _integer_core_jvp(axis, primals, tangents):
   logits, labels, alpha = primals
   logits_dot = tangents[0]
-
-  compute_logits = logits.astype(_compute_dtype(logits.dtype))
-  shifted, log_normalizer, transformed = _transformed_probabilities(
-      compute_logits, alpha, axis)
-  valid = _valid_labels(labels, logits.shape[axis])
-  label_mask = _one_hot_mask(labels, logits.shape, axis)
-  label_shifted = jnp.sum(
-      jnp.where(label_mask, shifted, 0.0), axis=axis, keepdims=True)
-  loss = jnp.squeeze(log_normalizer - label_shifted, axis)
-  loss = jnp.where(valid, loss, jnp.nan).astype(logits.dtype)
-
+  loss, row_max, valid, label_index = _integer_loss(logits, labels, axis)
   if type(logits_dot) is _SymbolicZero:
     return loss, jnp.zeros_like(loss)
-  logit_gradient = transformed - label_mask.astype(transformed.dtype)
-  logit_gradient = jnp.where(
-      jnp.expand_dims(valid, axis), logit_gradient, jnp.nan)
-  loss_dot = jnp.sum(
-      logit_gradient * logits_dot.astype(transformed.dtype), axis=axis)
+
+  weights = _scaled_exp(logits, row_max, alpha)
+  # A NaN scale makes the whole row NaN for an out-of-range label.
+  weight_scale = jnp.where(valid, 1.0 / jnp.sum(weights, axis=axis), jnp.nan)
+  logits_dot = logits_dot.astype(weights.dtype)
+  label_mask = _one_hot_mask(label_index, logits.shape, axis)
+  # The derivative is softmax(alpha * z) - one_hot(label), applied to
+  # logits_dot as two sums. Reverse mode turns them into one pass that reads
+  # the weights and writes cotangent * (weights * scale - one_hot) over them.
+  loss_dot = (jnp.sum(weights * logits_dot, axis=axis) * weight_scale
+              - jnp.sum(jnp.where(label_mask, logits_dot, 0.0), axis=axis))
   return loss, loss_dot.astype(logits.dtype)
 
 
@@ -134,10 +174,13 @@ def _valid_labels(labels, num_classes):
   return (labels >= 0) & (labels < num_classes)
 
 
-def _one_hot_mask(labels, shape, axis):
-  """Returns a boolean array of ``shape`` that is True at each label's class."""
+def _one_hot_mask(label_index, shape, axis):
+  """Returns a boolean array of ``shape`` that is True at each label's class.
+
+  ``label_index`` contains labels in ``[0, C)``, with a size-1 ``axis``.
+  """
   classes = jax.lax.broadcasted_iota(jnp.int32, shape, axis)
-  return classes == jnp.expand_dims(labels, axis).astype(jnp.int32)
+  return classes == label_index.astype(jnp.int32)
 
 
 # Probability labels.
@@ -146,52 +189,74 @@ def _one_hot_mask(labels, shape, axis):
 @functools.partial(jax.custom_jvp, nondiff_argnums=(3,))
 def _probability_core(logits, labels, alpha, axis):
   del alpha  # The value is the ordinary cross-entropy.
-  compute_dtype = _compute_dtype(logits.dtype)
-  compute_logits = logits.astype(compute_dtype)
-  labels = labels.astype(compute_dtype)
-  row_max = jnp.max(compute_logits, axis=axis, keepdims=True)
-  row_max = jnp.where(jnp.isfinite(row_max), row_max, 0.0)
-  shifted = compute_logits - row_max
-  log_normalizer = jnp.log(jnp.sum(jnp.exp(shifted), axis=axis, keepdims=True))
-  return _probability_loss(shifted, log_normalizer, labels, axis).astype(
-      logits.dtype)
+  return _probability_loss(logits, labels, axis)[0]
 
 
-def _probability_loss(shifted, log_normalizer, labels, axis):
-  # 0 * log(0) counts as 0, so a -inf logit with zero label mass adds nothing.
-  negative_log_probs = log_normalizer - shifted
-  terms = jnp.where(labels == 0, 0.0, labels * negative_log_probs)
-  return jnp.sum(terms, axis=axis)
+def _probability_loss(logits, labels, axis):
+  """Returns the loss in the logits' dtype and what the jvp rule reuses.
+
+  Returns:
+    ``(loss, row_max, log_normalizer, label_mass)``, with ``label_mass`` the
+    labels' sum over ``axis`` in the compute dtype.
+  """
+  row_max = _row_max(logits, axis)
+  log_normalizer = _log_normalizer(logits, row_max, axis)
+  (mass_labels,) = _unshared(labels)
+  label_mass = jnp.sum(mass_labels.astype(row_max.dtype), axis=axis)
+  # sum(q * (log_normalizer - shifted)), split in two sums that are both
+  # non-negative for probability labels (shifted <= 0), so nothing cancels.
+  # Without label mass the first is 0, also when every logit is -inf and
+  # log_normalizer is -inf (0 * log 0 = 0).
+  normalizer_part = jnp.where(label_mass == 0, 0.0, log_normalizer * label_mass)
+  loss = normalizer_part - _label_weighted_sum(logits, row_max, labels, axis)
+  return loss.astype(logits.dtype), row_max, log_normalizer, label_mass
+
+
+def _label_weighted_sum(logits, row_max, labels, axis):
+  """Returns ``sum(labels * (logits - row_max))``, counting ``0 * inf`` as 0."""
+  # Where a label is 0, the shifted logits are clipped to finite floats, so an
+  # infinite logit adds 0 * finite = 0. Where it is positive, the bounds are
+  # infinite (lowest / 0), so label mass on an infinite logit still gives an
+  # infinite or NaN loss. This is arithmetic, not jnp.where, because XLA:CPU
+  # cannot fuse a select into the reduction.
+  logits, row_max, labels = _unshared(logits, row_max, labels)
+  labels = labels.astype(row_max.dtype)
+  shifted = logits.astype(row_max.dtype) - row_max
+  bound = jnp.finfo(row_max.dtype).min / (1.0 - jnp.sign(labels))
+  return jnp.sum(labels * jnp.clip(shifted, bound, -bound), axis=axis)
 
 
 @functools.partial(_probability_core.defjvp, symbolic_zeros=True)
 def _probability_core_jvp(axis, primals, tangents):
   logits, labels, alpha = primals
   logits_dot, labels_dot, _ = tangents
+  loss, row_max, log_normalizer, label_mass = _probability_loss(
+      logits, labels, axis)
 
-  compute_dtype = _compute_dtype(logits.dtype)
-  compute_logits = logits.astype(compute_dtype)
-  compute_labels = labels.astype(compute_dtype)
-  shifted, log_normalizer, transformed = _transformed_probabilities(
-      compute_logits, alpha, axis)
-  loss = _probability_loss(shifted, log_normalizer, compute_labels, axis)
-
-  loss_dot = jnp.zeros_like(loss)
+  loss_dot = jnp.zeros(loss.shape, row_max.dtype)
   if type(logits_dot) is not _SymbolicZero:
     # The derivative of (1/alpha) * CE(alpha * z, q) for labels of any total
-    # mass; for labels that sum to one this is softmax(alpha * z) - q.
-    label_mass = jnp.sum(compute_labels, axis=axis, keepdims=True)
-    logit_gradient = transformed * label_mass - compute_labels
-    loss_dot += jnp.sum(
-        logit_gradient * logits_dot.astype(compute_dtype), axis=axis)
+    # mass: softmax(alpha * z) * sum(q) - q, applied as two sums, as in the
+    # integer rule. A row without label mass has loss 0 whatever its logits,
+    # so its derivative is 0, also when every logit is -inf and the weights
+    # sum to 0. The select also ends XLA:CPU's fusion of the weights' sum
+    # there, so the gradient stays an elementwise pass of its own.
+    weights = _scaled_exp(logits, row_max, alpha)
+    weight_scale = jnp.where(
+        label_mass == 0, 0.0, label_mass / jnp.sum(weights, axis=axis))
+    logits_dot = logits_dot.astype(row_max.dtype)
+    compute_labels = labels.astype(row_max.dtype)
+    loss_dot += (jnp.sum(weights * logits_dot, axis=axis) * weight_scale
+                 - jnp.sum(compute_labels * logits_dot, axis=axis))
   if type(labels_dot) is not _SymbolicZero:
     # The ordinary derivative -log_softmax(z). NOTE: it is +inf at -inf logits,
     # as the true derivative is, so differentiate with respect to labels only
     # where every logit is finite.
+    shifted = logits.astype(row_max.dtype) - row_max
+    negative_log_probs = jnp.expand_dims(log_normalizer, axis) - shifted
     loss_dot += jnp.sum(
-        (log_normalizer - shifted) * labels_dot.astype(compute_dtype),
-        axis=axis)
-  return loss.astype(logits.dtype), loss_dot.astype(logits.dtype)
+        negative_log_probs * labels_dot.astype(row_max.dtype), axis=axis)
+  return loss, loss_dot.astype(logits.dtype)
 
 
 # Public losses.
