@@ -1,0 +1,1 @@
+"""Configuration files of the training program, one per reported recipe."""
