@@ -73,7 +73,8 @@ def _oracle_loss(logits, probabilities, axis=-1):
   row_max = np.max(np.where(finite, z, -np.inf), axis=-1, keepdims=True)
   shifted = z - row_max
   log_normalizer = np.log(np.sum(np.exp(shifted), axis=-1, keepdims=True))
-  terms = np.where(q == 0, 0.0, q * (log_normalizer - shifted))
+  with np.errstate(invalid="ignore"):  # 0 * inf, replaced by 0 below.
+    terms = np.where(q == 0, 0.0, q * (log_normalizer - shifted))
   return terms.sum(axis=-1)
 
 
