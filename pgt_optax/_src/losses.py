@@ -357,10 +357,10 @@ def power_grad_softmax_cross_entropy_with_integer_labels(
       traced values included. A concrete value outside ``[0, 1]`` raises
       ``ValueError``; a traced one makes the gradient NaN.
     axis: The class axis.
-    where: Optional boolean mask, as in optax: either one flag per example
-      (the logits' shape without ``axis``), where masked examples give a loss
-      and gradient of 0, or one flag per class (the logits' shape), where
-      masked classes are left out of both softmaxes.
+    where: Optional boolean mask, as in optax. With one flag per example (the
+      logits' shape without ``axis``), masked examples give a loss and a
+      gradient of 0. With one flag per class (the logits' shape), masked
+      classes are left out of both softmaxes.
 
   Returns:
     The per-example cross-entropy, with the logits' shape without ``axis`` and

@@ -27,7 +27,7 @@ def power_grad(
 
   PGT changes the gradient at the logits in the backward pass, from
   ``softmax(z) - q`` to ``softmax(alpha * z) - q``, and lets the chain rule
-  carry the change to every parameter. An optax transformation sees only
+  carry the change to every parameter. An optax transformation receives only
   parameter gradients, which is too late for that change, so this one starts
   from the model's forward pass instead: given the logits, the labels and the
   pullback from ``jax.vjp``, it builds the PGT gradient at the logits and pulls
