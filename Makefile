@@ -1,5 +1,5 @@
 # Each target creates the virtual environment on first use, so a fresh
-# machine with only Python 3.10+ needs nothing else. The versions in
+# machine with only Python 3.11+ needs nothing else. The versions in
 # requirements/constraints.txt are the ones the tests were run with.
 PYTHON ?= python3
 VENV ?= .venv
@@ -9,6 +9,7 @@ STAMP := $(VENV)/.installed
 .PHONY: train test bench clean
 
 $(STAMP): pyproject.toml requirements/constraints.txt
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is required (jax 0.10 needs it), got " + sys.version.split()[0] + ". Run make PYTHON=python3.11 ...")'
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c requirements/constraints.txt -e '.[test,experiments]'

@@ -440,6 +440,31 @@ class RobustnessTest(parameterized.TestCase):
       chex.assert_tree_all_finite((value[jnp.asarray([0, 2, 3])],
                                    grad[jnp.asarray([0, 2, 3])]))
 
+  @parameterized.parameters(jnp.uint8, jnp.int8, jnp.int16, jnp.uint32)
+  def test_narrow_label_dtypes_match_int32(self, label_dtype):
+    # 250 classes exceed int8, and 300 would wrap around in uint8.
+    for num_classes in (250, 300):
+      logits, labels, one_hot = _random_problem((6, num_classes), seed=4)
+      largest = min(num_classes - 1, int(jnp.iinfo(label_dtype).max))
+      labels = jnp.minimum(labels, largest).at[0].set(largest)
+      one_hot = jax.nn.one_hot(labels, num_classes)
+      narrow = labels.astype(label_dtype)
+      np.testing.assert_allclose(
+          _value(int_loss, logits, narrow, 0.25),
+          _value(int_loss, logits, labels, 0.25), rtol=1e-6)
+      np.testing.assert_allclose(
+          _mean_grad(int_loss, logits, narrow, 0.25),
+          _oracle_logit_gradient(logits, one_hot, 0.25), atol=2e-6)
+
+  def test_float64_alpha_keeps_precision_under_x64(self):
+    logits, labels, one_hot = _random_problem((4, 7))
+    with jax.enable_x64(True):
+      logits64 = jnp.asarray(np.asarray(logits, np.float64))
+      grad = _mean_grad(int_loss, logits64, labels, 0.3)
+      chex.assert_type(grad, jnp.float64)
+    np.testing.assert_allclose(
+        grad, _oracle_logit_gradient(logits, one_hot, 0.3), atol=1e-12)
+
   def test_out_of_range_label_poisons_mean_gradient(self):
     logits, _, _ = _random_problem((4, 5))
     labels = jnp.asarray([0, 7, 4, 2])

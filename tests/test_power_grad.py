@@ -337,6 +337,65 @@ class PmapTest(chex.TestCase):
         optax.apply_updates(params, updates), atol=1e-6, rtol=1e-5)
 
 
+class ShardMapTest(parameterized.TestCase):
+
+  @parameterized.parameters(True, False)
+  def test_shard_map_gradients_equal_single_device(self, check_vma):
+    num_devices = 4
+    mesh = jax.make_mesh((num_devices,), ("batch",),
+                         axis_types=(jax.sharding.AxisType.Auto,),
+                         devices=jax.devices()[:num_devices])
+    params = _init_params()
+    inputs, labels = _batch(10, batch_size=4 * num_devices)
+    where = jnp.arange(labels.shape[0]) % 3 != 2
+    tx = pgt_optax.power_grad(0.25, axis_name="batch")
+
+    def grads_fn(params, inputs, labels, where):
+      logits, pullback = jax.vjp(lambda p: _apply(p, inputs), params)
+      grads, _ = tx.update(None, tx.init(params), params, logits=logits,
+                           labels=labels, pullback=pullback, where=where)
+      return grads
+
+    batch_spec = jax.sharding.PartitionSpec("batch")
+    sharded = jax.jit(jax.shard_map(
+        grads_fn, mesh=mesh,
+        in_specs=(jax.sharding.PartitionSpec(), batch_spec, batch_spec,
+                  batch_spec),
+        out_specs=jax.sharding.PartitionSpec(), check_vma=check_vma))
+    grads = sharded(params, inputs, labels, where)
+
+    single = pgt_optax.power_grad(0.25)
+    logits, pullback = jax.vjp(lambda p: _apply(p, inputs), params)
+    expected, _ = single.update(None, single.init(params), params,
+                                logits=logits, labels=labels,
+                                pullback=pullback, where=where)
+    chex.assert_trees_all_close(grads, expected, atol=1e-6, rtol=1e-5)
+
+
+class ScheduleTest(parameterized.TestCase):
+
+  def test_alpha_schedule_with_inject_hyperparams(self):
+    schedule = optax.linear_schedule(1.0, 0.25, transition_steps=2)
+    tx = optax.inject_hyperparams(
+        pgt_optax.power_grad, static_args=("axis", "axis_name"))(
+            alpha=schedule)
+    params = _init_params()
+    opt_state = tx.init(params)
+
+    @jax.jit
+    def grads_fn(opt_state, inputs, labels):
+      logits, pullback = jax.vjp(lambda p: _apply(p, inputs), params)
+      return tx.update(None, opt_state, params, logits=logits, labels=labels,
+                       pullback=pullback)
+
+    for step, alpha in enumerate((1.0, 0.625, 0.25)):
+      inputs, labels = _batch(step)
+      grads, opt_state = grads_fn(opt_state, inputs, labels)
+      chex.assert_trees_all_close(
+          grads, _oracle_grads(params, inputs, labels, alpha), atol=2e-6,
+          rtol=2e-5)
+
+
 class MisuseTest(parameterized.TestCase):
 
   def setUp(self):
@@ -395,6 +454,11 @@ class MisuseTest(parameterized.TestCase):
     with pytest.raises(ValueError, match="labels have shape"):
       self.tx.update(None, self.opt_state, self.params, logits=self.logits,
                      labels=self.labels[:-1], pullback=self.pullback)
+
+  @parameterized.parameters(((0, 1),), (1.0,), ("-1",))
+  def test_invalid_axis_raises_at_construction(self, axis):
+    with pytest.raises(ValueError, match="axis must be a single int"):
+      pgt_optax.power_grad(0.25, axis=axis)
 
   @parameterized.parameters(-0.1, 1.5, float("nan"))
   def test_invalid_alpha_raises_at_construction(self, alpha):

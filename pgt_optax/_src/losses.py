@@ -23,7 +23,7 @@ _LOW_PRECISION = (jnp.bfloat16, jnp.float16)
 
 
 def check_alpha(alpha) -> Array:
-  """Validates ``alpha`` and returns it as a float32 scalar array.
+  """Validates ``alpha`` and returns it as a floating scalar array.
 
   A concrete value outside ``[0, 1]`` or NaN raises ``ValueError``. A traced
   value (under ``jit`` or ``vmap``) cannot be inspected, so a traced value
@@ -31,7 +31,9 @@ def check_alpha(alpha) -> Array:
   with it NaN instead of silently wrong.
   """
   if isinstance(alpha, jax.core.Tracer):
-    alpha = jnp.asarray(alpha, jnp.float32)
+    alpha = jnp.asarray(alpha)
+    if not jnp.issubdtype(alpha.dtype, jnp.floating):
+      alpha = alpha.astype(jnp.float32)
     if alpha.ndim != 0:
       raise ValueError(
           f"alpha must be a scalar, got an array of shape {alpha.shape}; "
@@ -51,7 +53,8 @@ def check_alpha(alpha) -> Array:
         f"alpha must lie in [0, 1], got {float(value)}. alpha = 1 gives the "
         "ordinary cross-entropy gradient; smaller values flatten the "
         "transformed probabilities towards uniform.")
-  return jnp.asarray(value, jnp.float32)
+  # A Python float keeps float64 precision when jax_enable_x64 is on.
+  return jnp.asarray(float(value))
 
 
 def _compute_dtype(dtype) -> jnp.dtype:
@@ -171,6 +174,9 @@ def _integer_core_jvp(axis, primals, tangents):
 
 def _valid_labels(labels, num_classes):
   """Returns True where a label lies in ``[0, num_classes)``."""
+  if jnp.dtype(labels.dtype).itemsize < 4:
+    # uint8 or int8 labels would wrap num_classes around in their own dtype.
+    labels = labels.astype(jnp.int32)
   return (labels >= 0) & (labels < num_classes)
 
 

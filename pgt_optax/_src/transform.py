@@ -5,6 +5,7 @@ from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from pgt_optax._src import losses
@@ -46,6 +47,10 @@ def power_grad(
   of that named axis (a ``psum`` of the counts and of the gradients), which
   is the cross-device average ``lax.pmean`` gives when every device holds the
   same number of unmasked examples. Use it inside ``pmap`` or ``shard_map``.
+  Under ``shard_map`` with ``check_vma=True`` (the default), the pullback of
+  a replicated parameter already sums its gradient over the devices, and
+  this transformation then leaves that gradient as it is instead of summing
+  it again.
 
   ``tx.update`` takes these keyword arguments:
 
@@ -57,9 +62,18 @@ def power_grad(
   - ``where`` (optional): a boolean mask with one flag per example.
 
   .. note::
+    ``power_grad`` must be the first member of the chain. It raises when it
+    receives gradients, but a member placed before it that maps ``None`` to
+    ``None`` (such as :func:`optax.sgd` or :func:`optax.clip_by_global_norm`)
+    cannot tell, so it is skipped without an error.
+
+  .. note::
     ``flax.training.train_state.TrainState.apply_gradients`` calls
     ``tx.update`` without these keywords, so drive the chain with
-    ``tx.update``, :func:`optax.apply_updates` and ``state.replace``.
+    ``tx.update``, :func:`optax.apply_updates` and ``state.replace``. To
+    schedule alpha, wrap the factory:
+    ``optax.inject_hyperparams(power_grad, static_args=("axis", "axis_name"))``
+    ``(alpha=schedule)``.
 
   Args:
     alpha: The PGT exponent in ``[0, 1]``; 1 gives ordinary cross-entropy
@@ -90,8 +104,12 @@ def power_grad(
     Das et al., `Altering Backward Pass Gradients improves Convergence
     <https://arxiv.org/abs/2111.12495>`_, 2021
   """
-  # Validate a concrete alpha now, where the mistake is made.
+  # Validate a concrete alpha and the axis now, where the mistake is made.
   losses.check_alpha(alpha)
+  if not isinstance(axis, (int, np.integer)) or isinstance(axis, bool):
+    raise ValueError(
+        f"axis must be a single int, got {axis!r}. Under "
+        "optax.inject_hyperparams, pass static_args=('axis', 'axis_name').")
 
   def init_fn(params):
     del params
@@ -139,10 +157,42 @@ def power_grad(
           "over the other inputs of fn.")
     grads = cotangents[0]
     if axis_name is not None:
-      grads = jax.lax.psum(grads, axis_name)
+      grads = _sum_over_devices(grads, logits, axis_name)
     return grads, state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _varying_axes(value) -> frozenset:
+  """Returns the mapped axes over which ``value`` may differ between devices.
+
+  Only ``shard_map`` with ``check_vma=True`` tracks this; elsewhere the set is
+  empty.
+  """
+  aval = jax.typeof(value)
+  manual_axis_type = getattr(aval, "manual_axis_type", None)
+  if manual_axis_type is not None:
+    return frozenset(manual_axis_type.varying)
+  return frozenset(getattr(aval, "vma", ()))
+
+
+def _sum_over_devices(grads, logits, axis_name):
+  """Sums per-device gradients over ``axis_name``, once.
+
+  Where JAX tracks which values vary across devices, logits vary with the
+  data, and a parameter gradient that does not vary has already been summed
+  by the pullback (the transpose of the implicit broadcast of a replicated
+  parameter), so it is left alone.
+  """
+  if axis_name not in _varying_axes(logits):
+    return jax.lax.psum(grads, axis_name)
+
+  def sum_if_varying(grad):
+    if axis_name in _varying_axes(grad):
+      return jax.lax.psum(grad, axis_name)
+    return grad
+
+  return jax.tree.map(sum_if_varying, grads)
 
 
 def _logit_cotangent(logits, labels, alpha, *, axis, axis_name, where):
