@@ -15,6 +15,7 @@ after the run.
 
 import os
 import re
+import tempfile
 from typing import Any, Mapping
 
 import numpy as np
@@ -22,7 +23,7 @@ import numpy as np
 from experiments import models
 
 FILTER_NORMS_DIRNAME = 'filter_norms'
-_EPOCH_FILE = re.compile(r'epoch_(\d+)\.npz$')
+_EPOCH_FILE = re.compile(r'epoch_(\d+)\.npz')
 
 
 def filter_norms(params: Any) -> dict[str, np.ndarray]:
@@ -130,8 +131,43 @@ def save_filter_norms(
   directory = os.path.join(workdir, FILTER_NORMS_DIRNAME)
   os.makedirs(directory, exist_ok=True)
   path = os.path.join(directory, f'epoch_{epoch:04d}.npz')
-  np.savez(path, **{name: np.asarray(n) for name, n in norms.items()})
+  # Written under a temporary name and renamed, so a crash never leaves a
+  # half-written file for a resumed run to load.
+  with tempfile.NamedTemporaryFile(
+      dir=directory, prefix=f'.epoch_{epoch:04d}.', suffix='.tmp',
+      delete=False) as f:
+    np.savez(f, **{name: np.asarray(n) for name, n in norms.items()})
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(f.name, path)
   return path
+
+
+def _saved_epochs(directory: str) -> list[int]:
+  """Returns the epochs of the filter-norm files in `directory`, sorted."""
+  if not os.path.isdir(directory):
+    return []
+  return sorted(
+      int(match.group(1))
+      for match in map(_EPOCH_FILE.fullmatch, os.listdir(directory))
+      if match
+  )
+
+
+def remove_filter_norms_after(workdir: str, epoch: int) -> int:
+  """Deletes the saved filter norms of epochs after `epoch`.
+
+  A run resumed from a checkpoint of `epoch` trains those epochs again, and
+  their old files came from the discarded continuation.
+
+  Returns:
+    The number of files deleted.
+  """
+  directory = os.path.join(workdir, FILTER_NORMS_DIRNAME)
+  later = [e for e in _saved_epochs(directory) if e > epoch]
+  for later_epoch in later:
+    os.remove(os.path.join(directory, f'epoch_{later_epoch:04d}.npz'))
+  return len(later)
 
 
 def load_filter_norm_history(
@@ -144,15 +180,8 @@ def load_filter_norm_history(
   restarts from.
   """
   directory = os.path.join(workdir, FILTER_NORMS_DIRNAME)
-  if not os.path.isdir(directory):
-    return []
-  epochs = sorted(
-      int(match.group(1))
-      for match in map(_EPOCH_FILE.search, os.listdir(directory))
-      if match
-  )
   history = []
-  for epoch in epochs:
+  for epoch in _saved_epochs(directory):
     if epoch > up_to_epoch:
       break
     with np.load(os.path.join(directory, f'epoch_{epoch:04d}.npz')) as data:

@@ -15,7 +15,7 @@ a run) unless the schedule is 'cosine', whose decay length depends on it.
 """
 
 import json
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 from absl import logging
 import ml_collections
@@ -39,14 +39,26 @@ RESUMABLE_CHANGES = frozenset({
 })
 
 
-def training_fields(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """Returns the config fields that a checkpoint must match, as JSON types."""
+class ConfigMismatchError(ValueError):
+  """The work directory contains a run of a different configuration."""
+
+
+def training_fields(
+    config: ml_collections.ConfigDict | Mapping[str, Any]
+) -> dict[str, Any]:
+  """Returns the config fields that a checkpoint must match, as JSON types.
+
+  Args:
+    config: a configuration, or its JSON form as `config.json` stores it.
+  """
+  if isinstance(config, ml_collections.ConfigDict):
+    config = config.to_dict()
   fields = {
       name: value
-      for name, value in config.to_dict().items()
+      for name, value in config.items()
       if name not in RESUMABLE_CHANGES
   }
-  if config.schedule != 'cosine':
+  if config.get('schedule') != 'cosine':
     fields.pop('num_epochs', None)
   # A JSON round trip turns tuples into lists, as the stored copy has them.
   return json.loads(json.dumps(fields))
@@ -122,8 +134,8 @@ class Checkpointer:
       The restored state, or None when the directory contains no checkpoint.
 
     Raises:
-      ValueError: when the checkpoint was written under a configuration that
-        differs in a field outside `RESUMABLE_CHANGES`.
+      ConfigMismatchError: when the checkpoint was written under a
+        configuration that differs in a field outside `RESUMABLE_CHANGES`.
     """
     step = self.latest_step()
     if step is None:
@@ -133,7 +145,7 @@ class Checkpointer:
     )['config']
     differences = config_differences(stored, self._fields)
     if differences:
-      raise ValueError(
+      raise ConfigMismatchError(
           f'The checkpoint of step {step} in {self.directory} was written '
           'under a different configuration, so resuming would not continue '
           'that run. Fields that differ (checkpoint -> now):\n  '

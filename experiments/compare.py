@@ -20,8 +20,11 @@ with GPUs or TPUs, JAX uses those instead and the flag has no effect.
   python -m experiments.compare --alpha 0.5 --workdir runs/compare_05
   python -m experiments.compare --config.num_epochs=6
 
-Each call starts both runs afresh: it deletes the 'baseline' and 'pgt'
-folders of an earlier comparison in the same --workdir.
+Each call starts both runs afresh and deletes nothing. It first checks both
+runs' configurations. Then it moves an earlier comparison in the same
+--workdir (its 'baseline' and 'pgt' folders and 'curves.png') into
+`earlier/YYYYMMDD-HHMMSS/` there, named after the time the earlier
+comparison last wrote, and prints where it went.
 """
 
 import os
@@ -35,12 +38,11 @@ if _DEVICE_COUNT_FLAG not in os.environ.get('XLA_FLAGS', ''):
       + f' {_DEVICE_COUNT_FLAG}={_FORCED_DEVICE_COUNT}').strip()
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
-import shutil
 import time
+from typing import Optional
 
 from absl import app
 from absl import flags
-from absl import logging
 import jax
 from ml_collections import config_flags
 
@@ -55,7 +57,8 @@ _DEFAULT_CONFIG = os.path.join(
 
 _WORKDIR = flags.DEFINE_string(
     'workdir', 'runs/compare',
-    'Directory for the two runs (subfolders baseline/ and pgt/) and the plot.')
+    'Directory for the two runs (subfolders baseline/ and pgt/) and the '
+    'plot. An earlier comparison there moves to earlier/YYYYMMDD-HHMMSS/.')
 _ALPHA = flags.DEFINE_float(
     'alpha', 0.25, 'PGT exponent of the second run, in [0, 1).')
 config_flags.DEFINE_config_file(
@@ -64,37 +67,91 @@ config_flags.DEFINE_config_file(
     '--config.FIELD=VALUE.', lock_config=True)
 
 
+# Outputs of a comparison in --workdir, and the folder an earlier one moves to.
+_RUN_FOLDERS = ('baseline', 'pgt')
+_PLOT_NAME = 'curves.png'
+_EARLIER_DIRNAME = 'earlier'
+
+
+def move_earlier_comparison(workdir: str) -> Optional[str]:
+  """Moves an earlier comparison's outputs in `workdir` aside.
+
+  The run folders and the plot move into
+  `workdir/earlier/YYYYMMDD-HHMMSS/`, stamped with the local time of their
+  latest modification (with a suffix '-2', '-3', ... if that folder
+  exists). Each entry is renamed, never copied or deleted.
+
+  Args:
+    workdir: the comparison's directory.
+
+  Returns:
+    The folder the outputs moved to, or None when there were none.
+  """
+  entries = [name for name in (*_RUN_FOLDERS, _PLOT_NAME)
+             if os.path.lexists(os.path.join(workdir, name))]
+  if not entries:
+    return None
+  modified = max(os.path.getmtime(os.path.join(workdir, name))
+                 for name in entries)
+  stamp = time.strftime('%Y%m%d-%H%M%S', time.localtime(modified))
+  destination = os.path.join(workdir, _EARLIER_DIRNAME, stamp)
+  suffix = 1
+  while os.path.lexists(destination):
+    suffix += 1
+    destination = os.path.join(workdir, _EARLIER_DIRNAME,
+                               f'{stamp}-{suffix}')
+  os.makedirs(destination)
+  for name in entries:
+    os.rename(os.path.join(workdir, name), os.path.join(destination, name))
+  return destination
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}.')
   metrics_lib.hide_orbax_info_logs()
   alpha = _ALPHA.value
   if not 0.0 <= alpha < 1.0:
-    raise app.UsageError(
-        f'--alpha must lie in [0, 1) so that the second run uses PGT, got '
-        f'{alpha}.')
+    raise SystemExit(
+        f'Error: --alpha must lie in [0, 1) so that the second run uses PGT, '
+        f'got {alpha}.')
   workdir = os.path.abspath(_WORKDIR.value)
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise SystemExit(f'Error: --workdir {workdir} is a file. Pass a '
+                     'directory.')
   base_config = flags.FLAGS.config
   print(f'JAX devices: {jax.device_count()} x {jax.devices()[0].platform} '
         f'(XLA_FLAGS={os.environ.get("XLA_FLAGS", "")!r}).')
 
-  runs = {'baseline': None, f'PGT alpha={alpha:g}': alpha}
-  run_dirs = {}
-  results = {}
-  wall_seconds = {}
-  for (label, run_alpha), folder in zip(runs.items(), ('baseline', 'pgt')):
-    run_dir = os.path.join(workdir, folder)
-    if os.path.exists(run_dir):
-      logging.info('Deleting the earlier run in %s.', run_dir)
-      shutil.rmtree(run_dir)
+  # Both configurations are checked before the earlier comparison moves.
+  runs = {}
+  for folder, (label, run_alpha) in zip(
+      _RUN_FOLDERS, (('baseline', None), (f'PGT alpha={alpha:g}', alpha))):
     config = base_config.copy_and_resolve_references()
     with config.unlocked():
       config.alpha = run_alpha
+    try:
+      train.plan_run(config)
+    except train.ConfigError as error:
+      raise SystemExit(f'Error in the {label} run: {error}') from None
+    runs[label] = (config, os.path.join(workdir, folder))
+
+  moved_to = move_earlier_comparison(workdir)
+  if moved_to is not None:
+    print(f'Moved the earlier comparison in {workdir} to {moved_to}.')
+
+  run_dirs = {}
+  results = {}
+  wall_seconds = {}
+  for label, (config, run_dir) in runs.items():
     print(f'\nTraining {label}: {config.model} on {config.dataset}, '
           f'{config.num_epochs} epochs, batch {config.batch_size}, '
           f'into {run_dir}')
     start = time.perf_counter()
-    train.train_and_evaluate(config, run_dir)
+    try:
+      train.train_and_evaluate(config, run_dir)
+    except train.USAGE_ERRORS as error:
+      raise SystemExit(f'Error in the {label} run: {error}') from None
     wall_seconds[label] = time.perf_counter() - start
     run_dirs[label] = run_dir
     results[label] = metrics_lib.epoch_records(run_dir)[-1]
@@ -105,7 +162,7 @@ def main(argv):
           + f', {wall_seconds[label]:.0f} s')
 
   plot_path = plots.plot_runs(
-      run_dirs, os.path.join(workdir, 'curves.png'),
+      run_dirs, os.path.join(workdir, _PLOT_NAME),
       title=f'{base_config.model} on {base_config.dataset}: baseline vs PGT')
   print('\n' + metrics_lib.format_comparison_table(results, wall_seconds))
   print(f'\nWall time of both runs: {sum(wall_seconds.values()):.0f} s. '

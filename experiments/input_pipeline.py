@@ -40,12 +40,14 @@ import numpy as np
 from experiments.data import common
 from experiments.data import digits
 from experiments.data.common import check_labels
+from experiments.data.common import LabelError
 from experiments.data.common import DatasetInfo
 
 __all__ = [
     'DATASET_NAMES',
     'DatasetInfo',
     'check_labels',
+    'LabelError',
     'eval_batches',
     'get_dataset_info',
     'train_batches',

@@ -7,7 +7,10 @@ Trains and evaluates one configuration file from experiments/configs/:
 
 Fields of the configuration can be overridden with `--config.FIELD=VALUE`,
 for example `--config.alpha=1.0` for the baseline. Running the same command
-again resumes from the newest checkpoint in the work directory.
+again resumes from the newest checkpoint in the work directory. An invalid
+field, or a work directory that contains a run of another configuration, stops
+the program before training with a message and no traceback (exit status
+1).
 
 On several hosts (a TPU pod slice, or GPU nodes under SLURM or Open MPI),
 start the same command on every host. With `--distributed=auto` (the
@@ -81,7 +84,11 @@ def main(argv):
                jax.process_index(), jax.process_count(),
                jax.local_device_count(), jax.device_count(),
                jax.local_devices())
-  train.train_and_evaluate(FLAGS.config, _WORKDIR.value)
+  try:
+    train.train_and_evaluate(FLAGS.config, _WORKDIR.value)
+  except train.USAGE_ERRORS as error:
+    # The message names the field and the fix, which a traceback would bury.
+    raise SystemExit(f'Error: {error}') from None
 
 
 if __name__ == '__main__':

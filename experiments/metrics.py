@@ -7,21 +7,38 @@ the ones Das et al. (arXiv:2111.12495) report: the L2 norm of the logit vector
 averaged over examples, and the mean, maximum and variance of all logits.
 """
 
+import glob
+import io
+import itertools
 import json
 import logging as python_logging
 import math
 import os
+import socket
+import struct
+import tempfile
+import time
 from typing import Any, Mapping, Optional, Sequence
 
 from absl import logging
-from clu import metric_writers
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+# The tensorboard package's protocol buffers and record framing write event
+# files without TensorFlow, which takes seconds to import.
+from tensorboard.compat.proto import event_pb2
+from tensorboard.compat.proto import summary_pb2
+from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c
+from tensorboard.plugins.scalar import summary_v2 as scalar_summary
+from tensorboard.summary.writer import record_writer
 
 METRICS_FILENAME = 'metrics.jsonl'
 CONFIG_FILENAME = 'config.json'
+# TensorBoard reads every file in a run directory whose name contains
+# 'tfevents'.
+EVENT_FILE_PATTERN = 'events.out.tfevents.*'
+_EVENT_FILE_IDS = itertools.count()
 
 
 def prediction_sums(
@@ -151,43 +168,55 @@ class MetricWriter:
   """Writes scalars as JSON lines and TensorBoard events from process 0 only.
 
   Every call of `write` appends one line `{"step": ..., name: value, ...}` to
-  `workdir/metrics.jsonl` and one event per scalar to TensorBoard files in
-  `workdir` (through `clu.metric_writers.SummaryWriter`). On other processes
-  it does nothing.
+  `workdir/metrics.jsonl` and one event, with a scalar summary value per
+  name, to a new TensorBoard event file in `workdir`. On other processes it
+  does nothing.
   """
 
   def __init__(self, workdir: str, *, enabled: bool):
     self._workdir = workdir
     self._enabled = enabled
-    self._writer = None
+    self._events = None
     self._jsonl = None
 
   def _open(self) -> None:
     # Opened at the first write, so a run that fails before its first epoch
     # leaves no empty files behind.
     os.makedirs(self._workdir, exist_ok=True)
-    # TensorBoard only: the training program logs its own one-line summary
-    # per epoch, where clu's default writer would also log every scalar.
-    self._writer = metric_writers.SummaryWriter(self._workdir)
+    name = 'events.out.tfevents.{:010d}.{}.{}.{}'.format(
+        int(time.time()), socket.gethostname(), os.getpid(),
+        next(_EVENT_FILE_IDS))
+    # Mode 'xb' never truncates an existing file.
+    self._events = record_writer.RecordWriter(
+        open(os.path.join(self._workdir, name), 'xb'))
+    self._events.write(event_pb2.Event(
+        wall_time=time.time(), file_version='brain.Event:2'
+    ).SerializeToString())
     self._jsonl = open(
         os.path.join(self._workdir, METRICS_FILENAME), 'a', encoding='utf-8')
 
   def write(self, step: int, scalars: Mapping[str, float]) -> None:
+    """Appends one record of `scalars` at `step` to both outputs."""
     if not self._enabled:
       return
-    if self._writer is None:
+    if self._events is None:
       self._open()
-    self._writer.write_scalars(step, dict(scalars))
+    summary = summary_pb2.Summary()
+    for name, value in scalars.items():
+      summary.value.extend(scalar_summary.scalar_pb(name, value).value)
+    self._events.write(event_pb2.Event(
+        wall_time=time.time(), step=int(step), summary=summary
+    ).SerializeToString())
+    self._events.flush()
     record = {'step': int(step)}
     record.update({name: _json_number(v) for name, v in scalars.items()})
     self._jsonl.write(json.dumps(record) + '\n')
     self._jsonl.flush()
 
   def close(self) -> None:
-    if self._writer is None:
+    if self._events is None:
       return
-    self._writer.flush()
-    self._writer.close()
+    self._events.close()
     self._jsonl.close()
 
 
@@ -202,26 +231,87 @@ def _json_number(value: Any) -> Any:
 def write_config(
     workdir: str, config: ml_collections.ConfigDict, *, enabled: bool
 ) -> None:
-  """Writes the resolved configuration to `workdir/config.json` on process 0."""
+  """Writes the resolved configuration to `workdir/config.json` on process 0.
+
+  The file is replaced atomically, so a crash leaves the old or the new copy.
+  """
   if not enabled:
     return
   os.makedirs(workdir, exist_ok=True)
   path = os.path.join(workdir, CONFIG_FILENAME)
-  with open(path, 'w', encoding='utf-8') as f:
-    f.write(config.to_json_best_effort(indent=2, sort_keys=True) + '\n')
+  _replace_file(
+      path, config.to_json_best_effort(indent=2, sort_keys=True) + '\n')
   logging.info('Wrote the configuration to %s.', path)
+
+
+def read_config(workdir: str) -> Optional[dict[str, Any]]:
+  """Returns the configuration stored in `workdir/config.json`, or None.
+
+  Raises:
+    ValueError: when the file exists but is not a JSON object.
+  """
+  path = os.path.join(workdir, CONFIG_FILENAME)
+  if not os.path.exists(path):
+    return None
+  with open(path, encoding='utf-8') as f:
+    try:
+      stored = json.load(f)
+    except json.JSONDecodeError as error:
+      raise ValueError(f'{path} is not valid JSON: {error}.') from error
+  if not isinstance(stored, dict):
+    raise ValueError(f'{path} does not contain a JSON object.')
+  return stored
+
+
+def _replace_file(path: str, content: str | bytes) -> None:
+  """Writes `content` to a temporary file beside `path`, then renames it."""
+  directory, name = os.path.split(path)
+  binary = isinstance(content, bytes)
+  with tempfile.NamedTemporaryFile(
+      'wb' if binary else 'w', dir=directory, prefix=f'.{name}.',
+      suffix='.tmp', delete=False,
+      **({} if binary else {'encoding': 'utf-8'})) as f:
+    f.write(content)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(f.name, path)
+
+
+def _parse_metrics(path: str) -> tuple[list[dict[str, Any]], bool]:
+  """Parses a metrics file into its records and whether its end was cut.
+
+  A process killed while writing leaves a last line without its newline,
+  which is skipped. Any other line that is not JSON raises ValueError.
+  """
+  with open(path, encoding='utf-8') as f:
+    lines = f.read().split('\n')
+  # After the final newline, split leaves '' or the unterminated last line.
+  tail = lines.pop()
+  records = []
+  for number, line in enumerate(lines, start=1):
+    if not line.strip():
+      continue
+    try:
+      records.append(json.loads(line))
+    except json.JSONDecodeError as error:
+      raise ValueError(
+          f'Line {number} of {path} is not valid JSON ({error}). Remove the '
+          'line to read the file.') from error
+  return records, bool(tail.strip())
 
 
 def read_metrics(workdir: str) -> list[dict[str, Any]]:
   """Reads `workdir/metrics.jsonl` into a list of dicts, one per write.
 
-  A resumed run appends to the same file. An epoch written before an
-  interruption and again after the resume therefore appears twice, and
-  `epoch_records` keeps the later record.
+  A resumed run first drops the records written after its checkpoint (see
+  `drop_metrics_after`), so each epoch normally appears once. A last line
+  cut short by a crash is skipped.
   """
   path = os.path.join(workdir, METRICS_FILENAME)
-  with open(path, encoding='utf-8') as f:
-    return [json.loads(line) for line in f if line.strip()]
+  records, cut = _parse_metrics(path)
+  if cut:
+    logging.warning('Skipped the incomplete last line of %s.', path)
+  return records
 
 
 def epoch_records(workdir: str) -> list[dict[str, Any]]:
@@ -231,6 +321,112 @@ def epoch_records(workdir: str) -> list[dict[str, Any]]:
     if 'epoch' in record:
       by_epoch[record['epoch']] = record
   return [by_epoch[epoch] for epoch in sorted(by_epoch)]
+
+
+def drop_metrics_after(workdir: str, step: int) -> int:
+  """Removes the records of `workdir/metrics.jsonl` with a step above `step`.
+
+  The file is rewritten atomically, and removed when no record is left.
+  An incomplete last line (from a crash) is removed as well.
+
+  Args:
+    workdir: the run directory.
+    step: the step the run restarts from.
+
+  Returns:
+    The number of records (and incomplete lines) removed.
+  """
+  path = os.path.join(workdir, METRICS_FILENAME)
+  if not os.path.exists(path):
+    return 0
+  records, cut = _parse_metrics(path)
+  kept = [record for record in records if record['step'] <= step]
+  dropped = len(records) - len(kept) + int(cut)
+  if not dropped:
+    return 0
+  if kept:
+    _replace_file(path, ''.join(json.dumps(r) + '\n' for r in kept))
+  else:
+    os.remove(path)
+  return dropped
+
+
+def event_files(workdir: str) -> list[str]:
+  """Lists the TensorBoard event files in `workdir`, oldest name first."""
+  return sorted(glob.glob(os.path.join(workdir, EVENT_FILE_PATTERN)))
+
+
+def read_event_records(path: str) -> tuple[list[bytes], bool]:
+  """Reads the serialised events of a TensorBoard event file.
+
+  Event files are TFRecord files: each record is a little-endian uint64
+  length, its masked CRC-32C, the data and the data's masked CRC-32C.
+
+  Returns:
+    The records, and whether the file ends in a record cut short by a crash
+    (which is left out).
+
+  Raises:
+    ValueError: when a checksum does not match.
+  """
+  with open(path, 'rb') as f:
+    data = f.read()
+  records = []
+  offset = 0
+  while offset < len(data):
+    header = data[offset:offset + 8]
+    end = offset + 12
+    if len(header) < 8 or end > len(data):
+      return records, True
+    (length,) = struct.unpack('<Q', header)
+    (header_crc,) = struct.unpack('<I', data[offset + 8:end])
+    if header_crc != masked_crc32c(header):
+      raise ValueError(f'{path} is corrupt: bad length checksum at byte '
+                       f'{offset}.')
+    payload = data[end:end + length]
+    if end + length + 4 > len(data):
+      return records, True
+    (payload_crc,) = struct.unpack('<I', data[end + length:end + length + 4])
+    if payload_crc != masked_crc32c(payload):
+      raise ValueError(f'{path} is corrupt: bad data checksum at byte '
+                       f'{offset}.')
+    records.append(payload)
+    offset = end + length + 4
+  return records, False
+
+
+def drop_events_after(workdir: str, step: int) -> int:
+  """Removes the TensorBoard scalar events with a step above `step`.
+
+  Each event file in `workdir` that contains such events, or a record cut short
+  by a crash, is rewritten atomically without them. A file left with no
+  summary is removed.
+
+  Args:
+    workdir: the run directory.
+    step: the step the run restarts from.
+
+  Returns:
+    The number of events removed.
+  """
+  dropped = 0
+  for path in event_files(workdir):
+    records, cut = read_event_records(path)
+    events = [event_pb2.Event.FromString(record) for record in records]
+    kept = [event for event in events
+            if not (event.HasField('summary') and event.step > step)]
+    if len(kept) == len(events) and not cut:
+      continue
+    dropped += len(events) - len(kept)
+    if not any(event.HasField('summary') for event in kept):
+      os.remove(path)
+      continue
+    framed = io.BytesIO()
+    writer = record_writer.RecordWriter(framed)
+    for event in kept:
+      writer.write(event.SerializeToString())
+    _replace_file(path, framed.getvalue())
+  return dropped
 
 
 def format_summary(scalars: Mapping[str, float], names: Sequence[str]) -> str:

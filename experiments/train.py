@@ -30,6 +30,7 @@ import collections
 import functools
 import math
 import os
+import sys
 import time
 from typing import Any, Callable, Iterable, Iterator, NamedTuple, Optional
 
@@ -48,6 +49,7 @@ from experiments import input_pipeline
 from experiments import metrics as metrics_lib
 from experiments import models
 from experiments import parallel
+from experiments import workdir as workdir_lib
 import pgt_optax
 
 AXIS_NAME = parallel.AXIS_NAME
@@ -89,10 +91,38 @@ def pgt_enabled(alpha: Optional[float]) -> bool:
 # Configuration checks.
 
 
+class ConfigError(ValueError):
+  """The configuration is invalid for these devices or this dataset."""
+
+
+# Errors that mean the configuration, the work directory or the dataset must
+# change. The first two are raised before training starts, and a bad label
+# before the batch that contains it is trained on. The command lines print their
+# message without a traceback.
+USAGE_ERRORS = (ConfigError, checkpointing.ConfigMismatchError,
+                input_pipeline.LabelError)
+
+
+class RunPlan(NamedTuple):
+  """Sizes that `plan_run` derives from a valid configuration.
+
+  Attributes:
+    devices: the local devices named by `num_devices`, or None for all.
+    num_devices: devices of all processes that share the batch.
+    dataset_info: class count, input shape and split sizes of the dataset.
+    steps_per_epoch: optimiser steps per epoch.
+  """
+
+  devices: Optional[list[Any]]
+  num_devices: int
+  dataset_info: input_pipeline.DatasetInfo
+  steps_per_epoch: int
+
+
 def _check_choice(config, name: str, choices) -> None:
   value = config[name]
   if value not in choices:
-    raise ValueError(
+    raise ConfigError(
         f'Unknown {name} {value!r}. Valid values: '
         f'{", ".join(map(str, choices))}. Set it with --config.{name}=VALUE.'
     )
@@ -102,7 +132,7 @@ def _check_divisible(name: str, value: int, num_devices: int,
                      process_count: int) -> None:
   if value <= 0 or value % num_devices:
     lower = max(num_devices, value // num_devices * num_devices)
-    raise ValueError(
+    raise ConfigError(
         f'{name} {value} is not a positive multiple of the {num_devices} '
         f'devices ({num_devices // process_count} per process x '
         f'{process_count} processes), so it cannot be split evenly. Use a '
@@ -114,7 +144,7 @@ def _check_divisible(name: str, value: int, num_devices: int,
 def validate_config(
     config: ml_collections.ConfigDict, *, num_devices: int, process_count: int
 ) -> None:
-  """Raises ValueError, naming the field and the fix, for an invalid config.
+  """Raises ConfigError, naming the field and the fix, for an invalid config.
 
   Args:
     config: the run's configuration.
@@ -133,16 +163,16 @@ def validate_config(
   alpha = config.alpha
   if alpha is not None:
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
-      raise ValueError(
+      raise ConfigError(
           f'alpha must be a number in [0, 1] or None, got {alpha!r}.')
     if not 0.0 <= alpha <= 1.0:
-      raise ValueError(
+      raise ConfigError(
           f'alpha must lie in [0, 1], got {alpha}. Use a value such as 0.25 '
           'for PGT, or 1.0 for the baseline.'
       )
 
   if config.num_devices is not None and process_count > 1:
-    raise ValueError(
+    raise ConfigError(
         f'num_devices={config.num_devices} selects devices of a single '
         f'process, but this run has {process_count} processes. Leave '
         'num_devices unset on several hosts.'
@@ -152,14 +182,15 @@ def validate_config(
                    process_count)
 
   if config.num_epochs < 1:
-    raise ValueError(f'num_epochs must be at least 1, got {config.num_epochs}.')
+    raise ConfigError(
+        f'num_epochs must be at least 1, got {config.num_epochs}.')
   if config.steps_per_epoch is not None and config.steps_per_epoch < 1:
-    raise ValueError(
+    raise ConfigError(
         f'steps_per_epoch must be at least 1 or None, got '
         f'{config.steps_per_epoch}.'
     )
   if not 0 <= config.warmup_epochs < config.num_epochs:
-    raise ValueError(
+    raise ConfigError(
         f'warmup_epochs must lie in [0, num_epochs={config.num_epochs}), got '
         f'{config.warmup_epochs}.'
     )
@@ -167,29 +198,50 @@ def validate_config(
     boundaries = list(config.step_boundaries_epochs)
     if boundaries != sorted(boundaries) or any(
         b <= config.warmup_epochs for b in boundaries):
-      raise ValueError(
+      raise ConfigError(
           'step_boundaries_epochs must increase and lie after the warm-up of '
           f'{config.warmup_epochs} epochs, got {tuple(boundaries)}.'
       )
   if not 0.0 <= config.label_smoothing < 1.0:
-    raise ValueError(
+    raise ConfigError(
         f'label_smoothing must lie in [0, 1), got {config.label_smoothing}.')
   if config.weight_decay < 0:
-    raise ValueError(
+    raise ConfigError(
         f'weight_decay must be non-negative, got {config.weight_decay}.')
   if config.clipping == 'global_norm' and not config.clip_norm > 0:
-    raise ValueError(
+    raise ConfigError(
         f'clip_norm must be positive for clipping=global_norm, got '
         f'{config.clip_norm}.'
     )
   if config.clipping == 'agc' and not config.agc_clipping > 0:
-    raise ValueError(
+    raise ConfigError(
         f'agc_clipping must be positive for clipping=agc, got '
         f'{config.agc_clipping}.'
     )
   if config.stop_at_step is not None and config.stop_at_step < 1:
-    raise ValueError(
+    raise ConfigError(
         f'stop_at_step must be at least 1 or None, got {config.stop_at_step}.')
+  if config.learning_rate_batch_size <= 0:
+    raise ConfigError(
+        'learning_rate_batch_size must be positive, got '
+        f'{config.learning_rate_batch_size}.')
+  if not isinstance(config.seed, int) or config.seed < 0:
+    raise ConfigError(
+        f'seed must be a non-negative integer, got {config.seed!r}.')
+  # Checked here, because the loop would otherwise fail or misbehave only at
+  # the end of the first epoch.
+  if config.eval_every_epochs < 1:
+    raise ConfigError(
+        'eval_every_epochs must be at least 1 (the last epoch is always '
+        f'evaluated), got {config.eval_every_epochs}.')
+  for name in ('checkpoint_every_epochs', 'checkpoint_every_steps'):
+    if config[name] < 0:
+      raise ConfigError(
+          f'{name} must be 0 (off) or positive, got {config[name]}.')
+  if config.max_checkpoints_to_keep < 1:
+    raise ConfigError(
+        'max_checkpoints_to_keep must be at least 1, got '
+        f'{config.max_checkpoints_to_keep}.')
 
 
 def select_devices(config: ml_collections.ConfigDict) -> Optional[list[Any]]:
@@ -198,7 +250,7 @@ def select_devices(config: ml_collections.ConfigDict) -> Optional[list[Any]]:
     return None
   available = jax.local_devices()
   if not 1 <= config.num_devices <= len(available):
-    raise ValueError(
+    raise ConfigError(
         f'num_devices={config.num_devices}, but this process has '
         f'{len(available)} devices. Use a value from 1 to {len(available)}, '
         'or leave it unset to use all.'
@@ -214,11 +266,65 @@ def compute_steps_per_epoch(
     return config.steps_per_epoch
   steps = num_train // config.batch_size
   if steps < 1:
-    raise ValueError(
+    raise ConfigError(
         f'batch_size {config.batch_size} is larger than the training set of '
         f'{num_train} examples. Use a smaller batch_size.'
     )
   return steps
+
+
+def plan_run(config: ml_collections.ConfigDict) -> RunPlan:
+  """Checks a configuration completely, before anything is built or written.
+
+  Runs every check that `train_and_evaluate` makes before training: the
+  fields (`validate_config`), the devices, the dataset and its image size,
+  and the steps per epoch.
+
+  Args:
+    config: the run's configuration.
+
+  Returns:
+    The devices, dataset information and steps per epoch of the run.
+
+  Raises:
+    ConfigError: naming the field and the fix, also for a dataset that is
+      not prepared in `data_dir`.
+  """
+  devices = select_devices(config)
+  num_devices = len(devices) if devices is not None else jax.device_count()
+  validate_config(config, num_devices=num_devices,
+                  process_count=jax.process_count())
+  try:
+    dataset_info = input_pipeline.get_dataset_info(
+        config.dataset, data_dir=config.data_dir,
+        image_size=config.image_size)
+  except (ValueError, FileNotFoundError) as error:
+    raise ConfigError(str(error)) from error
+  steps_per_epoch = compute_steps_per_epoch(config, dataset_info.num_train)
+  return RunPlan(devices, num_devices, dataset_info, steps_per_epoch)
+
+
+def progress_bar_enabled(
+    setting: Optional[bool], *, is_main_process: bool, stream: Any = None
+) -> bool:
+  """Returns whether to show the tqdm progress bar.
+
+  Args:
+    setting: `config.progress_bar`: True shows the bar, False hides it, and
+      None shows it only when `stream` is a terminal, so that logs piped to
+      a file get no carriage-return updates.
+    is_main_process: whether this is process 0. Other processes never show
+      it.
+    stream: where the bar is drawn, or None for `sys.stderr` (tqdm's
+      default).
+  """
+  if not is_main_process or setting is False:
+    return False
+  if setting:
+    return True
+  stream = sys.stderr if stream is None else stream
+  isatty = getattr(stream, 'isatty', None)
+  return bool(isatty is not None and isatty())
 
 
 # ---------------------------------------------------------------------------
@@ -665,6 +771,21 @@ def _summarize_train_steps(
   return scalars
 
 
+def _discard_later_records(
+    workdir: str, start_step: int, steps_per_epoch: int
+) -> None:
+  """Removes the records of steps after `start_step` and logs what went."""
+  removed = workdir_lib.discard_records_after(
+      workdir, start_step, steps_per_epoch)
+  if any(removed.values()):
+    logging.info(
+        'Removed the records written after step %d in %s, which this run '
+        'writes again: %d lines of %s, %d TensorBoard events, %d filter-norm '
+        'files.', start_step, workdir, removed['metrics'],
+        metrics_lib.METRICS_FILENAME, removed['events'],
+        removed['filter_norms'])
+
+
 def train_and_evaluate(
     config: ml_collections.ConfigDict, workdir: str
 ) -> TrainState:
@@ -672,32 +793,41 @@ def train_and_evaluate(
 
   Writes `workdir/config.json`, `workdir/metrics.jsonl` and TensorBoard
   events (process 0), per-epoch filter norms in `workdir/filter_norms/` and
-  orbax checkpoints in `workdir/checkpoints/`.
+  orbax checkpoints in `workdir/checkpoints/`. Each epoch's records are
+  written before its checkpoint, and a resumed run first removes the
+  records of steps after its checkpoint, so every epoch is recorded once
+  (see experiments/workdir.py).
 
   Args:
     config: the configuration, as in experiments/configs/default.py.
-    workdir: directory of this run; an existing checkpoint there is resumed
-      when it was written under the same configuration.
+    workdir: directory of this run. An existing checkpoint there is resumed
+      when it was written under the same configuration. Without a
+      checkpoint, records of the same configuration are replaced and those
+      of another configuration are rejected.
 
   Returns:
     The final training state, as host NumPy arrays.
 
   Raises:
-    ValueError: for an invalid configuration, labels outside the class
-      range, or a checkpoint written under a different configuration.
+    ConfigError: for an invalid configuration.
+    checkpointing.ConfigMismatchError: for a checkpoint or records in
+      `workdir` written under a different configuration.
+    input_pipeline.LabelError: for labels outside the class range.
   """
   workdir = os.path.abspath(workdir)
   is_main_process = jax.process_index() == 0
-  process_count = jax.process_count()
 
-  # Check the configuration before anything is built.
-  devices = select_devices(config)
-  num_devices = len(devices) if devices is not None else jax.device_count()
-  validate_config(config, num_devices=num_devices,
-                  process_count=process_count)
-  dataset_info = input_pipeline.get_dataset_info(
-      config.dataset, data_dir=config.data_dir, image_size=config.image_size)
-  steps_per_epoch = compute_steps_per_epoch(config, dataset_info.num_train)
+  # Check the configuration, and that the work directory contains no records
+  # of another run, before anything is built.
+  devices, num_devices, dataset_info, steps_per_epoch = plan_run(config)
+  checkpointer = checkpointing.Checkpointer(
+      os.path.join(workdir, CHECKPOINT_DIRNAME), config,
+      max_to_keep=config.max_checkpoints_to_keep)
+  if checkpointer.latest_step() is None and workdir_lib.check_fresh_start(
+      workdir, config):
+    logging.info(
+        '%s contains records of this configuration but no checkpoint: the '
+        'run restarts from step 0 and replaces them.', workdir)
   total_steps = config.num_epochs * steps_per_epoch
   num_classes = dataset_info.num_classes
   top5 = num_classes >= 100
@@ -715,15 +845,15 @@ def train_and_evaluate(
   num_params = sum(int(np.size(p)) for p in jax.tree.leaves(state.params))
   logging.info('The model has %d parameters.', num_params)
 
-  # Resume from the newest checkpoint, if any.
-  checkpointer = checkpointing.Checkpointer(
-      os.path.join(workdir, CHECKPOINT_DIRNAME), config,
-      max_to_keep=config.max_checkpoints_to_keep)
+  # Resume from the newest checkpoint, if any, and remove the records of
+  # later steps, which this run writes again.
   restored = checkpointer.restore_latest(state)
   if restored is not None:
     state = restored
   start_step = int(state.step)
   last_saved_step = start_step if restored is not None else None
+  if is_main_process:
+    _discard_later_records(workdir, start_step, steps_per_epoch)
   filter_history = analysis.load_filter_norm_history(
       workdir, up_to_epoch=start_step // steps_per_epoch)
   # Written only now, so a rejected resume leaves the earlier run's copy.
@@ -753,6 +883,8 @@ def train_and_evaluate(
       config, dataset_info, data_parallel, start_step)
 
   writer = metrics_lib.MetricWriter(workdir, enabled=is_main_process)
+  show_progress = progress_bar_enabled(
+      config.progress_bar, is_main_process=is_main_process)
   stop_step = total_steps
   if config.stop_at_step is not None:
     stop_step = min(stop_step, config.stop_at_step)
@@ -776,7 +908,7 @@ def train_and_evaluate(
         total=epoch_end - step,
         desc=f'epoch {epoch}/{config.num_epochs}',
         unit='step',
-        disable=not (is_main_process and config.progress_bar),
+        disable=not show_progress,
         leave=False,
     )
     step_outputs = []
@@ -793,8 +925,10 @@ def train_and_evaluate(
         timed_from = time.perf_counter()
       else:
         timed_steps += 1
-      if config.checkpoint_every_steps and (
-          step % config.checkpoint_every_steps == 0):
+      # At the end of an epoch the checkpoint waits for the epoch's records.
+      if (config.checkpoint_every_steps
+          and step % config.checkpoint_every_steps == 0
+          and step % steps_per_epoch):
         save_checkpoint(step)
     jax.block_until_ready(step_outputs[-1])
     train_end = time.perf_counter()
@@ -847,8 +981,13 @@ def train_and_evaluate(
         'test_top1', 'test_top5', 'train_logit_norm', 'learning_rate',
         'images_per_second')))
 
-    if config.checkpoint_every_epochs and (
-        epoch % config.checkpoint_every_epochs == 0):
+    # Saved after the epoch's records: a crash in between leaves records
+    # ahead of the newest checkpoint, which the resume removes, never a
+    # checkpoint whose epoch has no record.
+    if (config.checkpoint_every_epochs
+        and epoch % config.checkpoint_every_epochs == 0) or (
+            config.checkpoint_every_steps
+            and step % config.checkpoint_every_steps == 0):
       save_checkpoint(step)
 
   if step > start_step:

@@ -1,5 +1,7 @@
 """Tests of the filter-norm and dead-feature analyses."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -60,6 +62,24 @@ def test_filter_history_round_trips(tmp_path):
       history[1]['stage1_block0/conv1/kernel'], np.full(4, 2))
   assert analysis.load_filter_norm_history(
       str(tmp_path / 'absent'), up_to_epoch=5) == []
+
+
+def test_remove_filter_norms_after_epoch(tmp_path):
+  workdir = str(tmp_path)
+  for epoch in (1, 2, 3, 12):
+    analysis.save_filter_norms(workdir, epoch, {'conv': np.full(2, epoch)})
+  directory = tmp_path / analysis.FILTER_NORMS_DIRNAME
+  # Written under temporary names and renamed: none is left behind.
+  assert sorted(os.listdir(directory)) == [
+      'epoch_0001.npz', 'epoch_0002.npz', 'epoch_0003.npz', 'epoch_0012.npz']
+
+  assert analysis.remove_filter_norms_after(workdir, 2) == 2
+  assert sorted(os.listdir(directory)) == ['epoch_0001.npz', 'epoch_0002.npz']
+  assert analysis.remove_filter_norms_after(workdir, 2) == 0
+  assert analysis.remove_filter_norms_after(workdir, 0) == 2
+  assert analysis.load_filter_norm_history(workdir, up_to_epoch=5) == []
+  assert analysis.remove_filter_norms_after(
+      str(tmp_path / 'absent'), 0) == 0
 
 
 @pytest.mark.parametrize('threshold, expected', [(1e-6, 2), (0.5, 3)])

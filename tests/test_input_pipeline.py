@@ -349,7 +349,7 @@ def test_check_labels_accepts_valid():
     ],
 )
 def test_check_labels_rejects(labels, message):
-  with pytest.raises(ValueError) as error:
+  with pytest.raises(common.LabelError) as error:
     common.check_labels(labels, 10)
   assert message in str(error.value)
 

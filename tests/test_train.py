@@ -7,10 +7,13 @@ share are made once per module by the `runs` fixture.
 
 import functools
 import glob
+import io
 import json
 import math
 import os
 import shutil
+import subprocess
+import sys
 
 import chex
 import jax
@@ -27,7 +30,11 @@ from experiments import models
 from experiments import parallel
 from experiments import plots
 from experiments import train
+from experiments import workdir as workdir_lib
 from experiments.configs import local
+from tests.test_metrics import read_scalar_events
+
+REPOSITORY_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 NUM_DEVICES = 4
 
@@ -152,7 +159,11 @@ def test_run_writes_metrics_and_config(runs):
     stored = json.load(f)
   assert stored['alpha'] == 0.25
   assert stored['pgt_door'] == 'transform'
-  assert glob.glob(os.path.join(workdir, 'events.out.tfevents.*'))
+  top1_events = [(step, value) for step, tag, value
+                 in read_scalar_events(workdir) if tag == 'test_top1']
+  assert [step for step, _ in top1_events] == [25, 50]
+  np.testing.assert_allclose(top1_events[-1][1], last['test_top1'],
+                             rtol=1e-6)
   assert len(glob.glob(os.path.join(workdir, 'filter_norms', '*.npz'))) == 2
 
 
@@ -220,6 +231,142 @@ def test_resume_rejects_other_config(runs, tmp_path):
         tiny_config(alpha=0.5, pgt_door='loss'), workdir)
   with open(os.path.join(workdir, 'config.json'), encoding='utf-8') as f:
     assert json.load(f)['alpha'] == 0.25
+
+
+def _copy_without_checkpoints(source, destination, keep_steps=()):
+  shutil.copytree(source, destination)
+  directory = os.path.join(destination, train.CHECKPOINT_DIRNAME)
+  for name in os.listdir(directory):
+    if name not in map(str, keep_steps):
+      shutil.rmtree(os.path.join(directory, name))
+
+
+def _file_contents(workdir, names):
+  contents = {}
+  for name in names:
+    with open(os.path.join(workdir, name), 'rb') as f:
+      contents[name] = f.read()
+  return contents
+
+
+def test_fresh_start_rejects_other_records(tmp_path):
+  # Records of a run with alpha 0.25 that stopped before its first
+  # checkpoint.
+  workdir = str(tmp_path)
+  metrics_lib.write_config(
+      workdir, tiny_config(**_DOOR_RUNS['loss_door']), enabled=True)
+  writer = metrics_lib.MetricWriter(workdir, enabled=True)
+  writer.write(25, {'epoch': 1, 'train_top1': 0.5})
+  writer.close()
+  names = ['config.json', 'metrics.jsonl'] + [
+      os.path.basename(p) for p in metrics_lib.event_files(workdir)]
+  before = _file_contents(workdir, names)
+
+  with pytest.raises(checkpointing.ConfigMismatchError) as error:
+    train.train_and_evaluate(
+        tiny_config(alpha=0.5, pgt_door='loss'), workdir)
+  message = str(error.value)
+  assert workdir in message
+  assert 'alpha: 0.25 -> 0.5' in message
+  assert 'Pass a new --workdir' in message
+  assert _file_contents(workdir, names) == before
+
+  # Records without the config.json that names their configuration.
+  os.remove(os.path.join(workdir, 'config.json'))
+  with pytest.raises(checkpointing.ConfigMismatchError,
+                     match='no config.json'):
+    train.train_and_evaluate(tiny_config(**_DOOR_RUNS['loss_door']), workdir)
+
+
+def test_restart_replaces_own_records(runs, tmp_path):
+  # The same run restarted before its first checkpoint: its two epochs of
+  # records are replaced by the one epoch this run trains.
+  _, finished = runs.get('loss_door', **_DOOR_RUNS['loss_door'])
+  workdir = str(tmp_path / 'restarted')
+  _copy_without_checkpoints(finished, workdir)
+  assert len(metrics_lib.read_metrics(workdir)) == 2
+  # stop_at_step does not change training, so the configuration matches.
+  train.train_and_evaluate(
+      tiny_config(stop_at_step=25, **_DOOR_RUNS['loss_door']), workdir)
+
+  assert [r['step'] for r in metrics_lib.read_metrics(workdir)] == [25]
+  assert {step for step, _, _ in read_scalar_events(workdir)} == {25}
+  assert sorted(os.listdir(os.path.join(workdir, 'filter_norms'))) == [
+      'epoch_0001.npz']
+
+
+def test_resume_drops_later_records(runs, tmp_path):
+  # A crash after epoch 2's records but before its checkpoint: the newest
+  # checkpoint is of step 25, and the records reach step 50.
+  full_state, finished = runs.get('loss_door', **_DOOR_RUNS['loss_door'])
+  workdir = str(tmp_path / 'crashed')
+  _copy_without_checkpoints(finished, workdir, keep_steps=(25,))
+  with open(os.path.join(workdir, 'metrics.jsonl'), 'a',
+            encoding='utf-8') as f:
+    f.write('{"step": 50, "epo')
+
+  resumed = train.train_and_evaluate(
+      tiny_config(**_DOOR_RUNS['loss_door']), workdir)
+
+  chex.assert_trees_all_equal(resumed.params, full_state.params)
+  assert [r['step'] for r in metrics_lib.read_metrics(workdir)] == [25, 50]
+  top1_steps = [step for step, tag, _ in read_scalar_events(workdir)
+                if tag == 'train_top1']
+  assert top1_steps == [25, 50]
+
+
+class _Crash(Exception):
+  """Simulated death of the process at a chosen point."""
+
+
+def test_checkpoint_follows_epoch_records(tmp_path, monkeypatch):
+  # A crash while epoch 2's records are written must not leave a checkpoint
+  # of epoch 2, which a resume would take as recorded.
+  real_write = metrics_lib.MetricWriter.write
+  real_save = checkpointing.Checkpointer.save
+
+  def write_or_crash_at_epoch_2(self, step, scalars):
+    if scalars.get('epoch') == 2:
+      raise _Crash()
+    real_write(self, step, scalars)
+
+  def save_and_wait(self, step, host_state):
+    # Synchronous saves, so every checkpoint started before the crash is on
+    # disk when the test looks.
+    real_save(self, step, host_state)
+    self.wait_until_finished()
+
+  monkeypatch.setattr(metrics_lib.MetricWriter, 'write',
+                      write_or_crash_at_epoch_2)
+  monkeypatch.setattr(checkpointing.Checkpointer, 'save', save_and_wait)
+  workdir = str(tmp_path)
+  config = tiny_config(checkpoint_every_steps=25, checkpoint_every_epochs=0,
+                       **_DOOR_RUNS['loss_door'])
+  with pytest.raises(_Crash):
+    train.train_and_evaluate(config, workdir)
+
+  checkpointer = checkpointing.Checkpointer(
+      os.path.join(workdir, train.CHECKPOINT_DIRNAME), config, max_to_keep=3)
+  checkpointer.wait_until_finished()
+  assert checkpointer.latest_step() == 25
+  checkpointer.close()
+  assert [r['step'] for r in metrics_lib.read_metrics(workdir)] == [25]
+
+
+def test_earlier_records_lists_run_files(tmp_path):
+  workdir = str(tmp_path)
+  assert workdir_lib.earlier_records(workdir) == []
+  metrics_lib.write_config(workdir, tiny_config(), enabled=True)
+  # config.json alone (a run stopped in its first epoch) is no record.
+  assert workdir_lib.earlier_records(workdir) == []
+  assert workdir_lib.check_fresh_start(workdir, tiny_config(alpha=0.5)) == []
+  os.makedirs(os.path.join(workdir, 'filter_norms'))
+  assert workdir_lib.earlier_records(workdir) == []
+  metrics_lib.MetricWriter(workdir, enabled=True).write(5, {'epoch': 1})
+  found = workdir_lib.earlier_records(workdir)
+  assert found[0] == 'metrics.jsonl'
+  assert found[1].startswith('events.out.tfevents.')
+  assert len(found) == 2
 
 
 def test_training_fields_allow_extension_without_cosine():
@@ -422,11 +569,21 @@ def test_weight_decay_mask_kernels_skips_vectors():
     (dict(schedule='linear'), r"Unknown schedule 'linear'"),
     (dict(clipping='norm'), r"Unknown clipping 'norm'"),
     (dict(num_devices=64), r'num_devices=64, but this process has 8'),
+    (dict(image_size=30), r'image_size 30 is not supported for digits'),
+    (dict(eval_every_epochs=0), r'eval_every_epochs must be at least 1'),
+    (dict(checkpoint_every_steps=-5),
+     r'checkpoint_every_steps must be 0 \(off\) or positive, got -5'),
+    (dict(max_checkpoints_to_keep=0),
+     r'max_checkpoints_to_keep must be at least 1'),
+    (dict(learning_rate_batch_size=0),
+     r'learning_rate_batch_size must be positive'),
+    (dict(seed=-1), r'seed must be a non-negative integer, got -1'),
 ])
 def test_invalid_config_raises(tmp_path, overrides, message):
-  with pytest.raises(ValueError, match=message):
+  with pytest.raises(train.ConfigError, match=message):
     train.train_and_evaluate(tiny_config(**overrides), str(tmp_path))
-  assert not os.path.exists(os.path.join(tmp_path, 'metrics.jsonl'))
+  # Nothing was written.
+  assert not os.listdir(tmp_path)
 
 
 def test_labels_out_of_range_raise_before_training(tmp_path, monkeypatch):
@@ -440,8 +597,10 @@ def test_labels_out_of_range_raise_before_training(tmp_path, monkeypatch):
 
   monkeypatch.setattr(input_pipeline, 'train_batches',
                       train_batches_with_bad_label)
-  with pytest.raises(ValueError, match='10'):
+  with pytest.raises(input_pipeline.LabelError,
+                     match=r'label 10 at position 3 is outside \[0, 10\)'):
     train.train_and_evaluate(tiny_config(), str(tmp_path))
+  assert input_pipeline.LabelError in train.USAGE_ERRORS
   assert not os.path.exists(os.path.join(tmp_path, 'metrics.jsonl'))
   assert not glob.glob(os.path.join(tmp_path, 'checkpoints', '*'))
 
@@ -461,6 +620,100 @@ def test_labels_out_of_range_raise_before_training(tmp_path, monkeypatch):
 ])
 def test_multi_process_detection(environ, expected):
   assert parallel.launched_on_several_processes(environ) is expected
+
+
+class _Stream(io.StringIO):
+
+  def __init__(self, is_terminal):
+    super().__init__()
+    self._is_terminal = is_terminal
+
+  def isatty(self):
+    return self._is_terminal
+
+
+@pytest.mark.parametrize('setting, is_main_process, is_terminal, expected', [
+    (None, True, True, True),
+    (None, True, False, False),
+    (True, True, False, True),
+    (False, True, True, False),
+    (True, False, True, False),
+    (None, False, True, False),
+])
+def test_progress_bar_default_needs_terminal(
+    setting, is_main_process, is_terminal, expected):
+  assert train.progress_bar_enabled(
+      setting, is_main_process=is_main_process,
+      stream=_Stream(is_terminal)) is expected
+
+
+def _run_module(module, *args, python_options=()):
+  return subprocess.run(
+      [sys.executable, *python_options, '-m', module, *args],
+      capture_output=True, text=True, cwd=REPOSITORY_ROOT, timeout=300,
+      check=False)
+
+
+def test_main_reports_config_error_briefly(tmp_path):
+  result = _run_module(
+      'experiments.main', '--config', 'experiments/configs/local.py',
+      '--config.batch_size=30', '--workdir', str(tmp_path / 'run'))
+  assert result.returncode == 1
+  assert 'Traceback' not in result.stderr
+  error_lines = [line for line in result.stderr.splitlines()
+                 if line.startswith('Error:')]
+  assert len(error_lines) == 1
+  assert 'batch_size 30 is not a positive multiple' in error_lines[0]
+  assert not os.path.exists(tmp_path / 'run')
+
+
+def test_compare_checks_configs_first(tmp_path):
+  earlier = tmp_path / 'baseline' / 'metrics.jsonl'
+  earlier.parent.mkdir()
+  earlier.write_text('{"step": 1}\n', encoding='utf-8')
+  # -X importtime lists every imported module on stderr.
+  result = _run_module('experiments.compare', '--config.model=resnet51',
+                       '--workdir', str(tmp_path),
+                       python_options=('-X', 'importtime'))
+  assert result.returncode == 1
+  assert 'Traceback' not in result.stderr
+  assert "Error in the baseline run: Unknown model 'resnet51'" in (
+      result.stderr)
+  assert earlier.read_text(encoding='utf-8') == '{"step": 1}\n'
+  assert sorted(os.listdir(tmp_path)) == ['baseline']
+  # The digits runs need no TensorFlow, which takes seconds to import.
+  imported = [line.rsplit('|', 1)[-1].strip()
+              for line in result.stderr.splitlines()
+              if line.startswith('import time:')]
+  assert 'experiments.train' in imported
+  assert 'tensorflow' not in imported
+
+
+def test_compare_moves_earlier_comparison_aside(tmp_path):
+  from experiments import compare  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path)
+  assert compare.move_earlier_comparison(workdir) is None
+  for name in ('baseline', 'pgt'):
+    os.makedirs(os.path.join(workdir, name, 'checkpoints'))
+  (tmp_path / 'curves.png').write_bytes(b'png')
+  os.utime(tmp_path / 'curves.png', (1.6e9, 1.6e9))
+  for name in ('baseline', 'pgt'):
+    os.utime(tmp_path / name, (1.6e9, 1.6e9))
+
+  moved_to = compare.move_earlier_comparison(workdir)
+  stamp = os.path.basename(moved_to)
+  assert os.path.dirname(moved_to) == os.path.join(workdir, 'earlier')
+  assert len(stamp) == len('YYYYMMDD-HHMMSS')
+  assert sorted(os.listdir(moved_to)) == ['baseline', 'curves.png', 'pgt']
+  assert os.path.isdir(os.path.join(moved_to, 'pgt', 'checkpoints'))
+  assert sorted(os.listdir(workdir)) == ['earlier']
+
+  # A second comparison with the same time stamp gets its own folder.
+  os.makedirs(os.path.join(workdir, 'baseline'))
+  os.utime(tmp_path / 'baseline', (1.6e9, 1.6e9))
+  second = compare.move_earlier_comparison(workdir)
+  assert os.path.basename(second) == stamp + '-2'
+  assert os.listdir(second) == ['baseline']
 
 
 def test_compare_table_and_plot(tmp_path):

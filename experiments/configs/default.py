@@ -152,7 +152,9 @@ def get_config() -> ml_collections.ConfigDict:
   # End the run after this many steps in total, saving a checkpoint, without
   # changing the schedule (for time-limited jobs); None trains to the end.
   config.stop_at_step = config_dict.placeholder(int)
-  # Show a tqdm progress bar on process 0.
-  config.progress_bar = True
+  # tqdm progress bar on process 0: None shows it only when stderr is a
+  # terminal (piped logs get the per-epoch log line and no carriage-return
+  # updates), True always, False never.
+  config.progress_bar = config_dict.placeholder(bool)
 
   return config

@@ -27,6 +27,10 @@ class DatasetInfo:
   num_test: int
 
 
+class LabelError(ValueError):
+  """A dataset yielded a label that is not a class index of the run."""
+
+
 def check_labels(labels, num_classes: int) -> None:
   """Raise ValueError unless every label is an integer in `[0, num_classes)`.
 
@@ -39,8 +43,8 @@ def check_labels(labels, num_classes: int) -> None:
     num_classes: number of classes.
 
   Raises:
-    ValueError: for non-integer labels, or naming the first out-of-range value,
-      its position and how many labels are out of range.
+    LabelError: for non-integer labels, or naming the first out-of-range
+      value, its position and how many labels are out of range.
 
   Example:
     >>> check_labels(np.array([0, 3, 9]), num_classes=10)  # Returns None.
@@ -50,7 +54,7 @@ def check_labels(labels, num_classes: int) -> None:
   """
   labels = np.asarray(labels)
   if not np.issubdtype(labels.dtype, np.integer):
-    raise ValueError(
+    raise LabelError(
         f'labels must be integer class indices, got dtype {labels.dtype}.'
     )
   invalid = (labels < 0) | (labels >= num_classes)
@@ -61,7 +65,7 @@ def check_labels(labels, num_classes: int) -> None:
   value = int(labels[position])
   if len(position) == 1:
     position = position[0]
-  raise ValueError(
+  raise LabelError(
       f'label {value} at position {position} is outside [0, {num_classes}) '
       f'({int(invalid.sum())} of {labels.size} labels are out of range). Check '
       'that the dataset and its num_classes belong together.'
