@@ -40,8 +40,7 @@ function, as a training step would have it.
 """
 
 import argparse
-import json
-import sys
+import statistics
 from typing import Sequence
 
 import jax
@@ -49,7 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from benchmarks import _timing
+from benchmarks import _measure
 import pgt_optax
 
 SHAPES = ((256, 10), (1024, 1000), (4096, 32000))
@@ -124,7 +123,8 @@ def run(repeats: int) -> list[dict]:
       shape_repeats, warmup = repeats * SMALL_SHAPE_REPEAT_FACTOR, 2
     for dtype in DTYPES:
       functions, model_bytes = _timed_functions(shape, dtype)
-      medians = _timing.interleaved_medians(functions, shape_repeats, warmup)
+      times = _measure.interleaved_times(functions, shape_repeats, warmup)
+      medians = {name: statistics.median(t) for name, t in times.items()}
       copy_rate = model_bytes["copy"] / medians["copy"]
       for name, seconds in medians.items():
         rate = model_bytes[name] / seconds
@@ -186,28 +186,19 @@ def main(argv: Sequence[str] | None = None) -> None:
       help="timed rounds at the largest shape, at least 20 for a record; "
       f"smaller shapes get {SMALL_SHAPE_REPEAT_FACTOR} times as many "
       "(default: 20)")
-  parser.add_argument(
-      "--json", metavar="OUT",
-      help="also write the environment and every record to this JSON file")
+  _measure.add_json_argument(parser)
   args = parser.parse_args(argv)
-  if args.repeats < 1:
-    parser.error(f"--repeats must be at least 1, got {args.repeats}.")
+  _measure.check_counts(parser, args, positive=("repeats",))
 
-  command = " ".join(["python -m benchmarks.loss_speed"] +
-                     list(sys.argv[1:] if argv is None else argv))
-  environment = _timing.environment(command)
-  for key, value in environment.items():
-    print(f"{key}: {value}")
-  print(f"alpha: {ALPHA}")
-  print()
+  environment = _measure.start_report("benchmarks.loss_speed", argv)
+  print(f"alpha: {ALPHA}\n")
   records = run(args.repeats)
   print(format_table(records))
   print()
   print(format_summary(records))
-  if args.json:
-    with open(args.json, "w", encoding="utf-8") as output:
-      json.dump({"environment": environment, "alpha": ALPHA,
-                 "records": records}, output, indent=1)
+  _measure.write_json(
+      args.json,
+      {"environment": environment, "alpha": ALPHA, "records": records})
 
 
 if __name__ == "__main__":
