@@ -528,6 +528,19 @@ class BadInputTest(parameterized.TestCase):
     with pytest.raises(ValueError, match="alpha must lie in"):
       pgt_optax.power_grad(alpha)
 
+  @parameterized.parameters(jnp.bfloat16, jnp.float16, np.float32)
+  def test_concrete_low_precision_alpha_accepted(self, alpha_dtype):
+    logits, labels, _ = _random_problem((4, 5))
+    alpha = jnp.asarray(0.25, alpha_dtype)  # 0.25 is exact in every dtype.
+    # Not through the jitted helpers, so that alpha stays a concrete value.
+    grad_fn = lambda a: jax.grad(lambda z: int_loss(z, labels, a).sum())
+    expected = grad_fn(0.25)(logits)
+    grad = grad_fn(alpha)(logits)
+    np.testing.assert_allclose(grad, expected, rtol=1e-6)
+    pgt_optax.power_grad(alpha)
+    with pytest.raises(ValueError, match="alpha must lie in"):
+      int_loss(logits, labels, jnp.asarray(1.5, alpha_dtype))
+
   def test_non_scalar_alpha_raises(self):
     logits, labels, _ = _random_problem((2, 3))
     with pytest.raises(ValueError, match="scalar"):

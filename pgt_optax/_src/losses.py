@@ -46,7 +46,8 @@ def check_alpha(alpha) -> Array:
     raise ValueError(
         f"alpha must be a scalar, got an array of shape {value.shape}; use "
         "jax.vmap over the loss to evaluate several values of alpha.")
-  if not np.issubdtype(value.dtype, np.number) or np.iscomplexobj(value):
+  # jnp.issubdtype also counts bfloat16, which NumPy does not see as a number.
+  if not jnp.issubdtype(value.dtype, jnp.number) or np.iscomplexobj(value):
     raise ValueError(f"alpha must be a real number in [0, 1], got {alpha!r}.")
   if not 0.0 <= float(value) <= 1.0:  # Also False for NaN.
     raise ValueError(
