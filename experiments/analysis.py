@@ -20,6 +20,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from experiments import metrics as metrics_lib
 from experiments import models
 
 FILTER_NORMS_DIRNAME = 'filter_norms'
@@ -139,6 +140,7 @@ def save_filter_norms(
     np.savez(f, **{name: np.asarray(n) for name, n in norms.items()})
     f.flush()
     os.fsync(f.fileno())
+  os.chmod(f.name, metrics_lib.new_file_mode())
   os.replace(f.name, path)
   return path
 

@@ -73,7 +73,12 @@ def config_differences(
     before = stored.get(name, '<absent>')
     after = current.get(name, '<absent>')
     if before != after:
-      differences.append(f'{name}: {before!r} -> {after!r}')
+      note = ''
+      if name == 'num_epochs':
+        # Only here, because training_fields drops it for other schedules.
+        note = (' (with the cosine schedule, num_epochs sets where the '
+                'learning rate reaches zero)')
+      differences.append(f'{name}: {before!r} -> {after!r}{note}')
   return differences
 
 

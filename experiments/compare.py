@@ -38,6 +38,7 @@ if _DEVICE_COUNT_FLAG not in os.environ.get('XLA_FLAGS', ''):
       + f' {_DEVICE_COUNT_FLAG}={_FORCED_DEVICE_COUNT}').strip()
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
+import sys
 import time
 from typing import Optional
 
@@ -46,6 +47,7 @@ from absl import flags
 import jax
 from ml_collections import config_flags
 
+from experiments import cli
 from experiments import metrics as metrics_lib
 from experiments import plots
 from experiments import train
@@ -119,7 +121,7 @@ def main(argv):
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise SystemExit(f'Error: --workdir {workdir} is a file. Pass a '
                      'directory.')
-  base_config = flags.FLAGS.config
+  base_config = cli.load_config()
   print(f'JAX devices: {jax.device_count()} x {jax.devices()[0].platform} '
         f'(XLA_FLAGS={os.environ.get("XLA_FLAGS", "")!r}).')
 
@@ -152,6 +154,11 @@ def main(argv):
       train.train_and_evaluate(config, run_dir)
     except train.USAGE_ERRORS as error:
       raise SystemExit(f'Error in the {label} run: {error}') from None
+    except train.TrainingInterrupted as error:
+      print(f'The {label} run stopped: {error} Running this command again '
+            f'moves the runs in {workdir} to {_EARLIER_DIRNAME}/ and starts '
+            'both afresh.', file=sys.stderr)
+      sys.exit(128 + error.signal_number)
     wall_seconds[label] = time.perf_counter() - start
     run_dirs[label] = run_dir
     results[label] = metrics_lib.epoch_records(run_dir)[-1]
@@ -172,4 +179,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -22,12 +22,15 @@ launch. `--distributed=true` calls it in any case, which a Cloud TPU VM pod
 slice needs, and `--distributed=false` never does.
 """
 
+import sys
+
 from absl import app
 from absl import flags
 from absl import logging
 import jax
 from ml_collections import config_flags
 
+from experiments import cli
 from experiments import parallel
 
 FLAGS = flags.FLAGS
@@ -60,6 +63,7 @@ def main(argv):
     raise app.UsageError(
         f'Unexpected arguments: {" ".join(argv[1:])}. Set fields with '
         '--config.FIELD=VALUE.')
+  config = cli.load_config()
 
   manual_launch = _COORDINATOR_ADDRESS.value is not None or (
       _NUM_PROCESSES.value is not None and _NUM_PROCESSES.value > 1)
@@ -85,11 +89,15 @@ def main(argv):
                jax.local_device_count(), jax.device_count(),
                jax.local_devices())
   try:
-    train.train_and_evaluate(FLAGS.config, _WORKDIR.value)
+    train.train_and_evaluate(config, _WORKDIR.value)
   except train.USAGE_ERRORS as error:
     # The message names the field and the fix, which a traceback would bury.
     raise SystemExit(f'Error: {error}') from None
+  except train.TrainingInterrupted as error:
+    print(f'{error} Run the same command again to resume.', file=sys.stderr)
+    # The shell's convention for a process ended by a signal.
+    sys.exit(128 + error.signal_number)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -263,6 +263,17 @@ def read_config(workdir: str) -> Optional[dict[str, Any]]:
   return stored
 
 
+def new_file_mode() -> int:
+  """Returns the permissions `open` gives a new file under the current umask.
+
+  Temporary files are created readable by their owner only, so files that
+  replace a record atomically get these permissions before the rename.
+  """
+  umask = os.umask(0)
+  os.umask(umask)
+  return 0o666 & ~umask
+
+
 def _replace_file(path: str, content: str | bytes) -> None:
   """Writes `content` to a temporary file beside `path`, then renames it."""
   directory, name = os.path.split(path)
@@ -274,6 +285,7 @@ def _replace_file(path: str, content: str | bytes) -> None:
     f.write(content)
     f.flush()
     os.fsync(f.fileno())
+  os.chmod(f.name, new_file_mode())
   os.replace(f.name, path)
 
 

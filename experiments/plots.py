@@ -93,6 +93,11 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
   if len(labels) != len(args.workdirs):
     parser.error(f'got {len(labels)} labels for {len(args.workdirs)} runs; '
                  'pass one label per run directory.')
+  for workdir in args.workdirs:
+    metrics_path = os.path.join(workdir, metrics_lib.METRICS_FILENAME)
+    if not os.path.isfile(metrics_path):
+      parser.error(f'{metrics_path} not found: pass run directories that '
+                   'contain metrics.jsonl.')
   path = plot_runs(dict(zip(labels, args.workdirs)), args.output,
                    title=args.title)
   print(f'Wrote {path}')

@@ -30,7 +30,9 @@ import collections
 import functools
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from typing import Any, Callable, Iterable, Iterator, NamedTuple, Optional
 
@@ -100,7 +102,61 @@ class ConfigError(ValueError):
 # before the batch that contains it is trained on. The command lines print their
 # message without a traceback.
 USAGE_ERRORS = (ConfigError, checkpointing.ConfigMismatchError,
-                input_pipeline.LabelError)
+                workdir_lib.WorkdirError, input_pipeline.LabelError)
+
+
+class TrainingInterrupted(Exception):
+  """SIGINT or SIGTERM stopped the run, after saving a checkpoint.
+
+  Attributes:
+    signal_number: the signal that stopped the run.
+  """
+
+  def __init__(self, message: str, signal_number: int):
+    super().__init__(message)
+    self.signal_number = signal_number
+
+
+class _StopRequest:
+  """Turns SIGINT (Ctrl-C) and SIGTERM into a stop after the current step.
+
+  The training loop reads `signal_number`, saves a checkpoint and returns,
+  so the run resumes from where it stopped. A second signal acts at once
+  with the handler that was there before (SIGINT raises KeyboardInterrupt).
+
+  NOTE: handlers are installed only in a single-process run, from the main
+  thread. On several hosts every process would have to stop at the same
+  step, which this does not coordinate, so there the signals keep their
+  usual effect and a run resumes from its last scheduled checkpoint.
+  """
+
+  def __init__(self):
+    self.signal_number: Optional[int] = None
+    self._previous = {}
+
+  def __enter__(self) -> '_StopRequest':
+    if (jax.process_count() == 1
+        and threading.current_thread() is threading.main_thread()):
+      for number in (signal.SIGINT, signal.SIGTERM):
+        self._previous[number] = signal.signal(number, self._handle)
+    return self
+
+  def _handle(self, number: int, frame: Any) -> None:
+    del frame  # Unused.
+    self.signal_number = number
+    self._restore()
+    logging.warning(
+        'Received %s: stopping after the current step with a checkpoint. '
+        'Send it again to stop at once without one.',
+        signal.Signals(number).name)
+
+  def _restore(self) -> None:
+    for number, previous in self._previous.items():
+      signal.signal(number, previous)
+    self._previous = {}
+
+  def __exit__(self, *exc_info) -> None:
+    self._restore()
 
 
 class RunPlan(NamedTuple):
@@ -221,6 +277,10 @@ def validate_config(
   if config.stop_at_step is not None and config.stop_at_step < 1:
     raise ConfigError(
         f'stop_at_step must be at least 1 or None, got {config.stop_at_step}.')
+  if not config.learning_rate > 0:
+    raise ConfigError(
+        f'learning_rate must be positive, got {config.learning_rate}. It is '
+        'the peak rate at learning_rate_batch_size examples per batch.')
   if config.learning_rate_batch_size <= 0:
     raise ConfigError(
         'learning_rate_batch_size must be positive, got '
@@ -262,15 +322,16 @@ def compute_steps_per_epoch(
     config: ml_collections.ConfigDict, num_train: int
 ) -> int:
   """Returns the optimiser steps per epoch (whole batches of training data)."""
-  if config.steps_per_epoch is not None:
-    return config.steps_per_epoch
-  steps = num_train // config.batch_size
-  if steps < 1:
+  # Also with steps_per_epoch set, because every batch comes from one pass
+  # over the training set.
+  if config.batch_size > num_train:
     raise ConfigError(
         f'batch_size {config.batch_size} is larger than the training set of '
         f'{num_train} examples. Use a smaller batch_size.'
     )
-  return steps
+  if config.steps_per_epoch is not None:
+    return config.steps_per_epoch
+  return num_train // config.batch_size
 
 
 def plan_run(config: ml_collections.ConfigDict) -> RunPlan:
@@ -812,14 +873,31 @@ def train_and_evaluate(
     ConfigError: for an invalid configuration.
     checkpointing.ConfigMismatchError: for a checkpoint or records in
       `workdir` written under a different configuration.
+    workdir_lib.WorkdirError: when `workdir` is a file or another run is
+      training in it.
     input_pipeline.LabelError: for labels outside the class range.
+    TrainingInterrupted: when SIGINT or SIGTERM stopped the run, after a
+      checkpoint of the step it reached.
   """
   workdir = os.path.abspath(workdir)
-  is_main_process = jax.process_index() == 0
+  # Check the configuration before anything is built or written.
+  plan = plan_run(config)
+  with workdir_lib.exclusive_use(
+      workdir, enabled=jax.process_index() == 0), _StopRequest() as stop:
+    return _train_and_evaluate(config, workdir, plan, stop)
 
-  # Check the configuration, and that the work directory contains no records
-  # of another run, before anything is built.
-  devices, num_devices, dataset_info, steps_per_epoch = plan_run(config)
+
+def _train_and_evaluate(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    plan: RunPlan,
+    stop: _StopRequest,
+) -> TrainState:
+  """Runs `train_and_evaluate` in a work directory that this run holds."""
+  is_main_process = jax.process_index() == 0
+  devices, num_devices, dataset_info, steps_per_epoch = plan
+
+  # Check that the work directory contains no records of another run.
   checkpointer = checkpointing.Checkpointer(
       os.path.join(workdir, CHECKPOINT_DIRNAME), config,
       max_to_keep=config.max_checkpoints_to_keep)
@@ -930,13 +1008,16 @@ def train_and_evaluate(
           and step % config.checkpoint_every_steps == 0
           and step % steps_per_epoch):
         save_checkpoint(step)
+      if stop.signal_number is not None:
+        break
     jax.block_until_ready(step_outputs[-1])
     train_end = time.perf_counter()
     train_seconds = train_end - epoch_start
     progress.close()
 
     if step % steps_per_epoch:
-      # stop_at_step ended the run inside an epoch: keep only the checkpoint.
+      # stop_at_step or a signal ended the run inside an epoch: keep only the
+      # checkpoint.
       break
 
     # Summarise the epoch. NOTE: after a resume inside an epoch, its training
@@ -989,9 +1070,16 @@ def train_and_evaluate(
             config.checkpoint_every_steps
             and step % config.checkpoint_every_steps == 0):
       save_checkpoint(step)
+    if stop.signal_number is not None:
+      break
 
   if step > start_step:
     save_checkpoint(step)
   checkpointer.close()
   writer.close()
+  if stop.signal_number is not None and step < stop_step:
+    raise TrainingInterrupted(
+        f'Stopped by {signal.Signals(stop.signal_number).name} at step {step} '
+        f'of {stop_step}, with a checkpoint of that step in '
+        f'{checkpointer.directory}.', stop.signal_number)
   return data_parallel.unreplicate(device_state)

@@ -18,7 +18,11 @@ start:
   (a run stopped during its first epoch) is simply replaced.
 """
 
+import contextlib
+import fcntl
 import os
+import socket
+from typing import Iterator
 
 import ml_collections
 
@@ -30,6 +34,62 @@ _FIX = (
     'Pass a new --workdir, or delete config.json, metrics.jsonl, '
     'events.out.tfevents.* and filter_norms/ from it to start over there.'
 )
+
+
+LOCK_FILENAME = 'run.lock'
+
+
+class WorkdirError(ValueError):
+  """The work directory cannot take this run: a file, or in use by a run."""
+
+
+@contextlib.contextmanager
+def exclusive_use(workdir: str, *, enabled: bool) -> Iterator[None]:
+  """Holds an exclusive lock on `workdir` for the duration of a run.
+
+  Two runs in one directory would write their metrics and checkpoints over
+  each other, so the second one is rejected. The lock is an `flock` on
+  `workdir/run.lock`, which the operating system releases when the process
+  ends, however it ends, so a crashed run never leaves a stale lock. The
+  file stays, with the process id and host of the last run that held it.
+
+  NOTE: `flock` is advisory, and some network file systems do not enforce
+  it between hosts.
+
+  Args:
+    workdir: the run directory, created if missing.
+    enabled: lock only when True (process 0 of a multi-host run).
+
+  Raises:
+    WorkdirError: when `workdir` is a file, or another process holds the
+      lock.
+  """
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise WorkdirError(
+        f'The work directory {workdir} is a file. Pass a directory to '
+        '--workdir.')
+  if not enabled:
+    yield
+    return
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, LOCK_FILENAME)
+  descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+  try:
+    try:
+      fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      with open(path, encoding='utf-8') as f:
+        holder = f.read().strip() or 'unknown'
+      raise WorkdirError(
+          f'Another run is training in {workdir} ({holder}, from {path}). '
+          'Wait for it to end, or pass another --workdir.') from None
+    os.ftruncate(descriptor, 0)
+    os.write(descriptor,
+             f'process {os.getpid()} on {socket.gethostname()}\n'.encode())
+    yield
+  finally:
+    # Closing the descriptor releases the lock.
+    os.close(descriptor)
 
 
 def earlier_records(workdir: str) -> list[str]:

@@ -11,7 +11,9 @@ import io
 import json
 import math
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -353,6 +355,70 @@ def test_checkpoint_follows_epoch_records(tmp_path, monkeypatch):
   assert [r['step'] for r in metrics_lib.read_metrics(workdir)] == [25]
 
 
+def test_second_run_in_busy_workdir_rejected(tmp_path):
+  workdir = str(tmp_path)
+  with workdir_lib.exclusive_use(workdir, enabled=True):
+    with pytest.raises(workdir_lib.WorkdirError) as error:
+      train.train_and_evaluate(tiny_config(), workdir)
+  message = str(error.value)
+  assert f'Another run is training in {workdir}' in message
+  assert f'process {os.getpid()}' in message
+  assert 'pass another --workdir' in message
+  assert workdir_lib.WorkdirError in train.USAGE_ERRORS
+  # Nothing but the lock file was written.
+  assert os.listdir(workdir) == [workdir_lib.LOCK_FILENAME]
+  # The lock is released with its holder.
+  with workdir_lib.exclusive_use(workdir, enabled=True):
+    pass
+
+
+def test_workdir_that_is_a_file_rejected(tmp_path):
+  path = tmp_path / 'a_file'
+  path.write_text('', encoding='utf-8')
+  with pytest.raises(workdir_lib.WorkdirError, match='is a file'):
+    train.train_and_evaluate(tiny_config(), str(path))
+
+
+def test_signal_stops_with_checkpoint(runs, tmp_path, monkeypatch):
+  # SIGTERM arrives when the pipeline reads batch 31, a few steps before
+  # that batch is trained on because batches are prefetched, inside epoch 2.
+  # The run saves a checkpoint of the step it reached and stops, and the same
+  # command resumes it.
+  full_state, _ = runs.get('loss_door', **_DOOR_RUNS['loss_door'])
+  real_train_batches = input_pipeline.train_batches
+
+  def batches_with_signal(*args, **kwargs):
+    for index, batch in enumerate(real_train_batches(*args, **kwargs)):
+      if index == 30:
+        os.kill(os.getpid(), signal.SIGTERM)
+      yield batch
+
+  workdir = str(tmp_path)
+  config = tiny_config(**_DOOR_RUNS['loss_door'])
+  monkeypatch.setattr(input_pipeline, 'train_batches', batches_with_signal)
+  with pytest.raises(train.TrainingInterrupted) as error:
+    train.train_and_evaluate(config, workdir)
+  monkeypatch.undo()
+  assert error.value.signal_number == signal.SIGTERM
+  match = re.search(r'Stopped by SIGTERM at step (\d+) of 50',
+                    str(error.value))
+  assert match
+  stopped_step = int(match.group(1))
+  assert 25 < stopped_step < 50
+  # The handler is gone: the usual SIGTERM handler is back.
+  assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+  checkpointer = checkpointing.Checkpointer(
+      os.path.join(workdir, train.CHECKPOINT_DIRNAME), config, max_to_keep=3)
+  assert checkpointer.latest_step() == stopped_step
+  checkpointer.close()
+  assert [r['epoch'] for r in metrics_lib.epoch_records(workdir)] == [1]
+
+  resumed = train.train_and_evaluate(config, workdir)
+  chex.assert_trees_all_equal(resumed.params, full_state.params)
+  chex.assert_trees_all_equal(resumed.opt_state, full_state.opt_state)
+  assert [r['epoch'] for r in metrics_lib.epoch_records(workdir)] == [1, 2]
+
+
 def test_earlier_records_lists_run_files(tmp_path):
   workdir = str(tmp_path)
   assert workdir_lib.earlier_records(workdir) == []
@@ -578,6 +644,10 @@ def test_weight_decay_mask_kernels_skips_vectors():
     (dict(learning_rate_batch_size=0),
      r'learning_rate_batch_size must be positive'),
     (dict(seed=-1), r'seed must be a non-negative integer, got -1'),
+    (dict(learning_rate=-1.0), r'learning_rate must be positive, got -1.0'),
+    # steps_per_epoch is set, yet every batch must fit in the training set.
+    (dict(batch_size=8192, eval_batch_size=8192),
+     r'batch_size 8192 is larger than the training set of 4000 examples'),
 ])
 def test_invalid_config_raises(tmp_path, overrides, message):
   with pytest.raises(train.ConfigError, match=message):
@@ -664,6 +734,23 @@ def test_main_reports_config_error_briefly(tmp_path):
                  if line.startswith('Error:')]
   assert len(error_lines) == 1
   assert 'batch_size 30 is not a positive multiple' in error_lines[0]
+  assert not os.path.exists(tmp_path / 'run')
+
+
+@pytest.mark.parametrize('arguments, message', [
+    (['--config', 'experiments/configs/nothere.py'],
+     'could not load the configuration file given to --config: [Errno 2] '
+     "No such file or directory: 'experiments/configs/nothere.py'"),
+    (['--config', 'experiments/configs/local.py', '--config.num_epoch=1'],
+     "the configuration has no field 'num_epoch'. Did you mean "
+     '"num_epochs"'),
+])
+def test_main_reports_flag_error_briefly(tmp_path, arguments, message):
+  result = _run_module('experiments.main', *arguments,
+                       '--workdir', str(tmp_path / 'run'))
+  assert result.returncode == 1
+  assert 'Traceback' not in result.stderr
+  assert f'Error: {message}' in result.stderr
   assert not os.path.exists(tmp_path / 'run')
 
 
