@@ -191,7 +191,8 @@ class DataParallel:
     # check_vma=False gives pmap's semantics. With the check on, JAX treats
     # the replicated parameters as broadcast to every device, and the
     # transpose of that broadcast already sums gradients over devices, so
-    # the step's own lax.pmean (and power_grad's psum) would count them twice.
+    # the loss door's own lax.pmean would count them twice. power_grad
+    # detects gradients that are already summed and works either way.
     sharded_fn = jax.shard_map(
         per_device_fn,
         mesh=self.mesh,

@@ -203,8 +203,10 @@ def _logit_cotangent(logits, labels, alpha, *, axis, axis_name, where):
     loss_fn = losses.power_grad_softmax_cross_entropy_with_integer_labels
   else:
     loss_fn = losses.power_grad_softmax_cross_entropy
-  ndim_axis = axis % logits.ndim if logits.ndim else 0
-  example_shape = logits.shape[:ndim_axis] + logits.shape[ndim_axis + 1:]
+  # The losses' own check, so both doors accept and reject the same axes.
+  class_axis = losses._canonical_axis(  # pylint: disable=protected-access
+      axis, logits.ndim)
+  example_shape = logits.shape[:class_axis] + logits.shape[class_axis + 1:]
   if where is None:
     count = jnp.asarray(math.prod(example_shape), jnp.float32)
   else:
