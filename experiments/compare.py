@@ -24,7 +24,9 @@ Each call starts both runs afresh and deletes nothing. It first checks both
 runs' configurations. Then it moves an earlier comparison in the same
 --workdir (its 'baseline' and 'pgt' folders and 'curves.png') into
 `earlier/YYYYMMDD-HHMMSS/` there, named after the time the earlier
-comparison last wrote, and prints where it went.
+comparison last wrote, and prints where it went. While a comparison runs it
+locks --workdir (through run.lock there), so a second one in the same
+directory is rejected.
 """
 
 import os
@@ -45,12 +47,14 @@ from typing import Optional
 from absl import app
 from absl import flags
 import jax
+import ml_collections
 from ml_collections import config_flags
 
 from experiments import cli
 from experiments import metrics as metrics_lib
 from experiments import plots
 from experiments import train
+from experiments import workdir as workdir_lib
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 _DEFAULT_CONFIG = os.path.join(
@@ -118,9 +122,6 @@ def main(argv):
         f'Error: --alpha must lie in [0, 1) so that the second run uses PGT, '
         f'got {alpha}.')
   workdir = os.path.abspath(_WORKDIR.value)
-  if os.path.exists(workdir) and not os.path.isdir(workdir):
-    raise SystemExit(f'Error: --workdir {workdir} is a file. Pass a '
-                     'directory.')
   base_config = cli.load_config()
   print(f'JAX devices: {jax.device_count()} x {jax.devices()[0].platform} '
         f'(XLA_FLAGS={os.environ.get("XLA_FLAGS", "")!r}).')
@@ -138,6 +139,21 @@ def main(argv):
       raise SystemExit(f'Error in the {label} run: {error}') from None
     runs[label] = (config, os.path.join(workdir, folder))
 
+  # A second comparison in the same directory would move this one's runs
+  # aside while they train.
+  try:
+    with workdir_lib.exclusive_use(workdir, enabled=True):
+      _run_comparison(workdir, runs, base_config)
+  except workdir_lib.WorkdirError as error:
+    raise SystemExit(f'Error: {error}') from None
+
+
+def _run_comparison(
+    workdir: str,
+    runs: dict[str, tuple[ml_collections.ConfigDict, str]],
+    base_config: ml_collections.ConfigDict,
+) -> None:
+  """Trains the checked runs into `workdir`, then prints and plots them."""
   moved_to = move_earlier_comparison(workdir)
   if moved_to is not None:
     print(f'Moved the earlier comparison in {workdir} to {moved_to}.')

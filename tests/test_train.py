@@ -776,6 +776,21 @@ def test_compare_checks_configs_first(tmp_path):
   assert 'tensorflow' not in imported
 
 
+def test_compare_rejects_busy_workdir(tmp_path):
+  earlier = tmp_path / 'baseline' / 'metrics.jsonl'
+  earlier.parent.mkdir()
+  earlier.write_text('{"step": 1}\n', encoding='utf-8')
+  with workdir_lib.exclusive_use(str(tmp_path), enabled=True):
+    result = _run_module('experiments.compare', '--workdir', str(tmp_path))
+  assert result.returncode == 1
+  assert 'Traceback' not in result.stderr
+  assert f'Error: Another run is training in {tmp_path}' in result.stderr
+  # The earlier comparison stayed where it was.
+  assert earlier.read_text(encoding='utf-8') == '{"step": 1}\n'
+  assert sorted(os.listdir(tmp_path)) == ['baseline',
+                                          workdir_lib.LOCK_FILENAME]
+
+
 def test_compare_moves_earlier_comparison_aside(tmp_path):
   from experiments import compare  # pylint: disable=g-import-not-at-top
   workdir = str(tmp_path)
