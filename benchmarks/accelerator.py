@@ -8,11 +8,11 @@ Usage::
 By default: ResNet-50 on 224x224x3 images, 1000 classes, bfloat16
 computation on float32 parameters, batch 256, on the first device of JAX's
 default backend. It runs the same measurements as benchmarks/step_speed.py
-and benchmarks/step_memory.py (the baseline, PGT through the loss door and
-PGT through the transform door, each the per-device ``train_step`` of
-experiments/train.py under ``jax.pmap`` over one device), then prints a
-Markdown section for benchmarks/README.md: images per second, the PGT /
-baseline time ratio, and the compiled step's memory.
+and benchmarks/step_memory.py on the baseline, PGT through the loss door and
+PGT through the transform door. Each variant is the per-device
+``train_step`` of experiments/train.py under ``jax.pmap`` over one device.
+Then it prints a Markdown section for benchmarks/README.md: images per
+second, the PGT / baseline time ratio, and the compiled step's memory.
 
 The script runs on any backend. On a CPU, use a small set-up, for example
 ``--setup tiny --repeats 3``.

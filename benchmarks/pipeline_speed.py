@@ -23,10 +23,11 @@ tensorflow-datasets 4.9.10's mock data had sides of 6 to 47 pixels), so
 decoding them is much cheaper than decoding ImageNet photos, whose sides are
 hundreds of pixels. Read that rate as an upper bound for real data.
 
-Each pipeline is compared with the training step that would consume it
-(``resnet20`` for digits and CIFAR-10, ``resnet18_64`` for ImageNet; see
-benchmarks/step_speed.py): the images per second of the baseline step,
-float32, timed on the same machine unless the caller supplies the rate.
+Each pipeline is compared with the training step that would consume it:
+``resnet20`` for digits and CIFAR-10, ``resnet18_64`` for ImageNet (see
+benchmarks/step_speed.py). The reference is the images per second of the
+baseline step in float32, timed on the same machine unless the caller
+supplies the rate.
 
 The first batch (which loads or opens the data) and ``--warmup`` more are not
 timed; then ``--repeats`` consecutive batches are, each up to the return of

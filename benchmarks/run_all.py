@@ -72,7 +72,7 @@ def format_summary(
     memory_records: Sequence[dict],
     pipeline_records: Sequence[dict],
 ) -> str:
-  """Returns one line per comparison: what, measured value, target."""
+  """Returns one line per comparison: quantity, measured value, target."""
   rows = list(_loss_lines(loss_records))
   for record in step_records:
     if record["variant"] == "baseline":
@@ -104,12 +104,14 @@ def format_summary(
     rows.append((
         f"pipeline {record['pipeline']} / {record['consumer']} step",
         f"{record['ratio_to_consumer']:.1f}x", ">= 1"))
-  what_width = max(len(row[0]) for row in rows)
+  quantity_width = max(len(row[0]) for row in rows)
   value_width = max(len(row[1]) for row in rows)
-  header = f"{'what':<{what_width}}  {'measured':<{value_width}}  target"
+  header = (f"{'quantity':<{quantity_width}}  "
+            f"{'measured':<{value_width}}  target")
   lines = [header, "-" * (len(header) + 24)]
-  for what, value, target in rows:
-    lines.append(f"{what:<{what_width}}  {value:<{value_width}}  {target}")
+  for quantity, value, target in rows:
+    lines.append(
+        f"{quantity:<{quantity_width}}  {value:<{value_width}}  {target}")
   return "\n".join(lines)
 
 

@@ -5,11 +5,12 @@ Usage::
   python -m benchmarks.step_memory [--setups NAME ...]
       [--dtype {float32,bfloat16}] [--batch-size N] [--core] [--json OUT]
 
-For the same set-ups and variants as benchmarks/step_speed.py (the baseline,
-PGT through the loss door and PGT through the transform door), it compiles
-the per-device ``train_step`` of experiments/train.py under ``jax.pmap`` over
-one device with donated state and reads two static analyses of the compiled
-program, which do not depend on the load of the machine:
+It takes the same set-ups and variants as benchmarks/step_speed.py: the
+baseline, PGT through the loss door and PGT through the transform door. For
+each, it compiles the per-device ``train_step`` of experiments/train.py under
+``jax.pmap`` over one device with donated state. Then it reads two static
+analyses of the compiled program, which do not depend on the load of the
+machine:
 
 * ``compiled.memory_analysis()``: the bytes of the arguments, the outputs,
   the outputs that reuse donated argument buffers (aliased), XLA's temporary

@@ -8,8 +8,8 @@ Usage::
 
 For every set-up (model, input shape, batch size) it times the per-device
 ``train_step`` of experiments/train.py, compiled under ``jax.pmap`` over one
-device with donated state, for three variants: the ``baseline``, PGT through
-the loss door (``pgt_loss``) and PGT through the transform door
+device with donated state. There are three variants: the ``baseline``, PGT
+through the loss door (``pgt_loss``) and PGT through the transform door
 (``pgt_transform``). benchmarks/_training_step.py describes how the variants
 are built. The set-ups are
 

@@ -352,12 +352,13 @@ def drop_metrics_after(workdir: str, step: int) -> int:
   if not os.path.exists(path):
     return 0
   records, cut = _parse_metrics(path)
-  kept = [record for record in records if record['step'] <= step]
-  dropped = len(records) - len(kept) + int(cut)
+  kept_records = [record for record in records if record['step'] <= step]
+  dropped = len(records) - len(kept_records) + int(cut)
   if not dropped:
     return 0
-  if kept:
-    _replace_file(path, ''.join(json.dumps(r) + '\n' for r in kept))
+  if kept_records:
+    _replace_file(path,
+                  ''.join(json.dumps(r) + '\n' for r in kept_records))
   else:
     os.remove(path)
   return dropped
@@ -425,17 +426,17 @@ def drop_events_after(workdir: str, step: int) -> int:
   for path in event_files(workdir):
     records, cut = read_event_records(path)
     events = [event_pb2.Event.FromString(record) for record in records]
-    kept = [event for event in events
-            if not (event.HasField('summary') and event.step > step)]
-    if len(kept) == len(events) and not cut:
+    kept_events = [event for event in events
+                   if not (event.HasField('summary') and event.step > step)]
+    if len(kept_events) == len(events) and not cut:
       continue
-    dropped += len(events) - len(kept)
-    if not any(event.HasField('summary') for event in kept):
+    dropped += len(events) - len(kept_events)
+    if not any(event.HasField('summary') for event in kept_events):
       os.remove(path)
       continue
     framed = io.BytesIO()
     writer = record_writer.RecordWriter(framed)
-    for event in kept:
+    for event in kept_events:
       writer.write(event.SerializeToString())
     _replace_file(path, framed.getvalue())
   return dropped

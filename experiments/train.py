@@ -98,15 +98,15 @@ class ConfigError(ValueError):
 
 
 # Errors that mean the configuration, the work directory or the dataset must
-# change. The first two are raised before training starts, and a bad label
-# before the batch that contains it is trained on. The command lines print their
-# message without a traceback.
+# change. The first three are raised before training starts, and a bad label
+# before the batch that contains it is trained on. The command lines print
+# their message without a traceback.
 USAGE_ERRORS = (ConfigError, checkpointing.ConfigMismatchError,
                 workdir_lib.WorkdirError, input_pipeline.LabelError)
 
 
 class TrainingInterrupted(Exception):
-  """SIGINT or SIGTERM stopped the run, after saving a checkpoint.
+  """Exception for a run that SIGINT or SIGTERM stopped after a checkpoint.
 
   Attributes:
     signal_number: the signal that stopped the run.
@@ -893,7 +893,7 @@ def _train_and_evaluate(
     plan: RunPlan,
     stop: _StopRequest,
 ) -> TrainState:
-  """Runs `train_and_evaluate` in a work directory that this run holds."""
+  """Runs `train_and_evaluate` once the work directory is locked for it."""
   is_main_process = jax.process_index() == 0
   devices, num_devices, dataset_info, steps_per_epoch = plan
 

@@ -40,12 +40,12 @@ LOCK_FILENAME = 'run.lock'
 
 
 class WorkdirError(ValueError):
-  """The work directory cannot take this run: a file, or in use by a run."""
+  """Error for a work directory that is a file or that another run uses."""
 
 
 @contextlib.contextmanager
 def exclusive_use(workdir: str, *, enabled: bool) -> Iterator[None]:
-  """Holds an exclusive lock on `workdir` for the duration of a run.
+  """Locks `workdir` for one run at a time, for the duration of a run.
 
   Two runs in one directory would write their metrics and checkpoints over
   each other, so the second one is rejected. The lock is an `flock` on
